@@ -1,0 +1,128 @@
+"""The sidecar annotation index the consumer keeps beside the data tree (SQLite).
+
+One row per annotation name: where it lives now (area), its source media (used to keep a
+video's frames in one split), author role, source (AI/Manual), dates and the stream offset
+that last changed it. Readers (dataset formation, `azaion status`) open it read-only and
+treat a missing index as empty.
+"""
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS annotations (
+    name TEXT PRIMARY KEY,
+    area TEXT NOT NULL,              -- data | seed | deleted
+    source_media TEXT,
+    role INTEGER,
+    source INTEGER,
+    created_date TEXT,               -- ISO 8601
+    media_time_us INTEGER,           -- position in the source media
+    image_ext TEXT,
+    status INTEGER,                  -- last AnnotationStatus applied
+    stream_offset INTEGER NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    area: str
+    source_media: str | None
+    role: int | None
+    source: int | None
+    created_date: str | None
+    media_time_us: int | None
+    image_ext: str | None
+    status: int | None
+    stream_offset: int
+    updated_at: str
+
+
+class AnnotationIndex:
+    """Writer/reader of the index. Writes happen inside `transaction()` so the consumer can
+    group several messages into one commit."""
+
+    def __init__(self, path: Path, readonly: bool = False):
+        self.path = Path(path)
+        if readonly:
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def begin(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+
+    def upsert(self, entry: IndexEntry) -> None:
+        self.db.execute(
+            "INSERT INTO annotations VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+            "area=excluded.area, source_media=excluded.source_media, role=excluded.role, "
+            "source=excluded.source, created_date=excluded.created_date, media_time_us=excluded.media_time_us, "
+            "image_ext=excluded.image_ext, status=excluded.status, stream_offset=excluded.stream_offset, "
+            "updated_at=excluded.updated_at",
+            (entry.name, entry.area, entry.source_media, entry.role, entry.source, entry.created_date,
+             entry.media_time_us, entry.image_ext, entry.status, entry.stream_offset, entry.updated_at),
+        )
+
+    def set_area(self, name: str, area: str, status: int, stream_offset: int, updated_at: str) -> None:
+        """Record a move (Validated/Deleted) of a name; creates a bare row for unknown names."""
+        self.db.execute(
+            "INSERT INTO annotations (name, area, status, stream_offset, updated_at) VALUES (?,?,?,?,?) "
+            "ON CONFLICT(name) DO UPDATE SET area=excluded.area, status=excluded.status, "
+            "stream_offset=excluded.stream_offset, updated_at=excluded.updated_at",
+            (name, area, status, stream_offset, updated_at),
+        )
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO meta VALUES (?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                        (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def get(self, name: str) -> IndexEntry | None:
+        row = self.db.execute("SELECT * FROM annotations WHERE name=?", (name,)).fetchone()
+        return IndexEntry(*row) if row else None
+
+    def entries(self) -> Iterable[IndexEntry]:
+        for row in self.db.execute("SELECT * FROM annotations ORDER BY name"):
+            yield IndexEntry(*row)
+
+    def source_media(self) -> dict[str, str]:
+        """name -> source media for every annotation whose media is known."""
+        rows = self.db.execute("SELECT name, source_media FROM annotations WHERE source_media IS NOT NULL")
+        return dict(rows.fetchall())
+
+    def area_counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT area, COUNT(*) FROM annotations GROUP BY area").fetchall())
+
+
+def read_source_media(index_db: Path) -> dict[str, str]:
+    """name -> source media from the index at `index_db`; empty when there is no index yet."""
+    if not Path(index_db).is_file():
+        return {}
+    index = AnnotationIndex(index_db, readonly=True)
+    try:
+        return index.source_media()
+    finally:
+        index.close()

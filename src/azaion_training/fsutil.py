@@ -1,0 +1,95 @@
+"""Durable file operations: atomic writes, durable moves, hardlink-or-copy.
+
+Every file the product writes appears either whole or not at all: write a temp file in the
+target directory, fsync it, `os.replace` it into place, fsync the directory.
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+TEMP_PREFIX = ".tmp-"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, mode: int | None = None, durable: bool = True) -> Iterator[BinaryIO]:
+    """Yield a binary file that replaces `path` atomically when the block exits cleanly."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.chmod(tmp_name, mode if mode is not None else 0o666 & ~_UMASK)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None, durable: bool = True) -> None:
+    with atomic_writer(path, mode=mode, durable=durable) as handle:
+        handle.write(data)
+
+
+def atomic_write_text(path: Path, text: str, mode: int | None = None, durable: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode, durable=durable)
+
+
+def durable_move(src: Path, dst: Path, durable: bool = True) -> None:
+    """Rename `src` to `dst` (same filesystem), replacing `dst`, and make it survive a crash."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dst)
+    if durable:
+        fsync_dir(dst.parent)
+        if src.parent != dst.parent:
+            fsync_dir(src.parent)
+
+
+def link_or_copy(src: Path, dst: Path, how: str = "hardlink") -> str:
+    """Place `src` at `dst` as a hardlink, symlink or copy; a hardlink falls back to a copy
+    across filesystems. Returns the method actually used."""
+    if how == "hardlink":
+        try:
+            os.link(src, dst)
+            return "hardlink"
+        except OSError as exc:
+            if exc.errno not in (18, 1, 31, 95):  # EXDEV, EPERM, EMLINK, EOPNOTSUPP
+                raise
+            how = "copy"
+    if how == "symlink":
+        os.symlink(Path(src).resolve(), dst)
+        return "symlink"
+    shutil.copyfile(src, dst)
+    return "copy"
+
+
+def remove_stale_temp_files(directory: Path) -> int:
+    """Delete temp files left by a crash mid-write (they were never visible under a real name)."""
+    removed = 0
+    if directory.is_dir():
+        for entry in directory.iterdir():
+            if entry.name.startswith(TEMP_PREFIX):
+                entry.unlink(missing_ok=True)
+                removed += 1
+    return removed

@@ -1,0 +1,87 @@
+"""Logging: JSON lines on stdout (`timestamp`, `level`, `service`, `message`, `context`),
+human-readable lines on a TTY, and every known secret value redacted from both."""
+
+import json
+import logging
+import os
+import sys
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+REDACTED = "***"
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> None:
+    """Every later log record has this value replaced by ***. Short values are ignored
+    (redacting 'a' everywhere would mangle logs without protecting anything)."""
+    if value and len(value) >= 4:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str):
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "service": self.service,
+            "message": record.getMessage(),
+            "context": getattr(record, "context", None) or {},
+        }
+        if record.exc_info:
+            entry["context"] = {**entry["context"], "exception": self.formatException(record.exc_info)}
+        return redact(json.dumps(entry, default=str, ensure_ascii=False))
+
+
+class HumanFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        context = getattr(record, "context", None)
+        text = f"{stamp} {record.levelname:<7} {record.getMessage()}"
+        if context:
+            text += "  " + " ".join(f"{k}={v}" for k, v in context.items())
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return redact(text)
+
+
+def setup_logging(service: str = "azaion", level: str | None = None, json_lines: bool | None = None) -> None:
+    """Configure the root logger once per process. JSON unless stdout is a TTY, or as
+    AZAION_LOG_FORMAT=json|human says; level from AZAION_LOG_LEVEL (default INFO)."""
+    level = (level or os.environ.get("AZAION_LOG_LEVEL") or "INFO").upper()
+    if json_lines is None:
+        wanted = os.environ.get("AZAION_LOG_FORMAT", "").lower()
+        json_lines = wanted == "json" or (wanted != "human" and not sys.stdout.isatty())
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter(service) if json_lines else HumanFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Third-party chatter stays at WARNING unless we are debugging.
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore", "rstream", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(f"azaion.{name}")
+
+
+def log(logger: logging.Logger, level: int, message: str, **context: Any) -> None:
+    """Log with structured context: log(logger, logging.INFO, "epoch done", epoch=3)."""
+    logger.log(level, message, extra={"context": context})
