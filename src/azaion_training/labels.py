@@ -1,0 +1,95 @@
+"""YOLO label lines: `class cx cy w h`, normalised (design.md §3). The one place that decides
+what a valid box is; the consumer, dataset formation and augmentation all use it."""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from azaion_training.classes import MODEL_SLOTS
+
+
+@dataclass(frozen=True)
+class Box:
+    cls: int
+    cx: float
+    cy: float
+    w: float
+    h: float
+
+    def line(self) -> str:
+        return f"{self.cls} {self.cx:.6f} {self.cy:.6f} {self.w:.6f} {self.h:.6f}"
+
+
+class LabelError(ValueError):
+    """A label that breaks the rules; the message says which line and why."""
+
+
+def box_problem(cls: object, cx: object, cy: object, w: object, h: object) -> str | None:
+    """Why these values are not a valid box, or None when they are."""
+    if isinstance(cls, bool) or not isinstance(cls, int):
+        return f"class {cls!r} is not an integer"
+    if not 0 <= cls < MODEL_SLOTS:
+        return f"class {cls} is outside 0..{MODEL_SLOTS - 1}"
+    values = {"cx": cx, "cy": cy, "w": w, "h": h}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return f"{key}={value!r} is not a finite number"
+    if not (0 <= cx <= 1 and 0 <= cy <= 1):
+        return f"centre ({cx}, {cy}) is outside [0, 1]"
+    if not (0 < w <= 1 and 0 < h <= 1):
+        return f"size ({w}, {h}) is outside (0, 1]"
+    return None
+
+
+def parse_line(line: str) -> Box:
+    fields = line.split()
+    if len(fields) != 5:
+        raise LabelError(f"expected 5 fields 'class cx cy w h', got {len(fields)}")
+    try:
+        cls = int(fields[0])
+    except ValueError:
+        raise LabelError(f"class {fields[0]!r} is not an integer") from None
+    try:
+        cx, cy, w, h = (float(value) for value in fields[1:])
+    except ValueError:
+        raise LabelError(f"coordinates {fields[1:]} are not numbers") from None
+    problem = box_problem(cls, cx, cy, w, h)
+    if problem:
+        raise LabelError(problem)
+    return Box(cls, cx, cy, w, h)
+
+
+def parse_label_text(text: str) -> list[Box]:
+    """All boxes of a label file's text; LabelError names the first bad line. Blank lines are
+    allowed (an empty file means 'no objects')."""
+    boxes = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                boxes.append(parse_line(line))
+            except LabelError as exc:
+                raise LabelError(f"line {number}: {exc}") from None
+    return boxes
+
+
+def read_label_file(path: Path) -> list[Box]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LabelError(f"label file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise LabelError(f"label file {path} is not UTF-8 text") from None
+    return parse_label_text(text)
+
+
+def check_label(path: Path) -> bool:
+    """The original's check_label: True when the file exists and every line is valid."""
+    try:
+        read_label_file(path)
+    except LabelError:
+        return False
+    return True
+
+
+def label_text(boxes: list[Box]) -> str:
+    return "".join(box.line() + "\n" for box in boxes)
