@@ -30,6 +30,7 @@ STAGE_CLI_MODULES = (
     "azaion_training.inference.cli",
     "azaion_training.demo.cli",
     "azaion_training.ops.cli",
+    "azaion_training.report.cli",
 )
 
 
