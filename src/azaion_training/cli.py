@@ -17,7 +17,7 @@ from azaion_training.logs import setup_logging
 from azaion_training.settings import parse_env_file, settings_from_env, to_yaml
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Azaion AI Training: annotations -> datasets -> YOLO models -> encrypted distribution -> inference.")
+                  help="Azaion AI Training: annotations -> datasets -> YOLO models -> encrypted models -> inference.")
 config_app = typer.Typer(no_args_is_help=True, help="Render and check config.yaml.")
 app.add_typer(config_app, name="config")
 
@@ -44,7 +44,8 @@ def _global(config: Path | None = typer.Option(None, "--config", "-c", envvar="A
 
 
 @config_app.command("render")
-def config_render(env_file: Path | None = typer.Option(None, "--env-file", help="A .env file; the process environment overrides it."),
+def config_render(env_file: Path | None = typer.Option(None, "--env-file",
+                                                       help="A .env file; the process environment overrides it."),
                   out: Path = typer.Option(Path("config.yaml"), "--out", help="Where to write config.yaml.")) -> None:
     """Render config.yaml from .env and the environment (strict: all required variables, valid values)."""
     env = parse_env_file(env_file) if env_file else {}

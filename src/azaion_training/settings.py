@@ -175,6 +175,7 @@ REQUIRED_ENV_VARS = (
     "TRAINING_SAVE_PERIOD", "TRAINING_WORKERS", "EXPORT_ONNX_IMGSZ", "MODEL_ENCRYPTION_KEY",
 )
 SECRET_ENV_VARS = ("AZAION_API_PASSWORD", "RABBITMQ_PASSWORD", "MODEL_ENCRYPTION_KEY")
+SECRET_FIELDS = tuple(ENV_VARS[name] for name in SECRET_ENV_VARS)
 _FIELD_TO_ENV = {fields: name for name, fields in ENV_VARS.items()}
 
 
@@ -242,7 +243,8 @@ def _is_secret_loc(loc: tuple[Any, ...]) -> bool:
 
 
 def _register_secrets(settings: Settings) -> None:
-    for secret in (settings.api.password, settings.rabbitmq.password, settings.security.model_encryption_key):
+    for section, field in SECRET_FIELDS:
+        secret = getattr(getattr(settings, section), field)
         if secret is not None:
             register_secret(secret.get_secret_value())
 
@@ -302,7 +304,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
 def to_yaml(settings: Settings) -> str:
     """The config.yaml text for these settings (secrets in clear: the file is mode 0600)."""
     data = settings.model_dump(mode="json")
-    for section, field in (("api", "password"), ("rabbitmq", "password"), ("security", "model_encryption_key")):
+    for section, field in SECRET_FIELDS:
         secret = getattr(getattr(settings, section), field)
         data[section][field] = secret.get_secret_value() if secret is not None else None
     header = "# Rendered by `azaion config render`. Contains secrets: keep it mode 0600, never commit it.\n"
@@ -317,7 +319,7 @@ def require_secret(secret: SecretStr | None, env_name: str) -> str:
 
 
 def _masked(data: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    for section, field in (("api", "password"), ("rabbitmq", "password"), ("security", "model_encryption_key")):
+    for section, field in SECRET_FIELDS:
         if getattr(getattr(settings, section), field) is not None:
             data[section][field] = "***"
     return data
