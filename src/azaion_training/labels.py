@@ -93,3 +93,26 @@ def check_label(path: Path) -> bool:
 
 def label_text(boxes: list[Box]) -> str:
     return "".join(box.line() + "\n" for box in boxes)
+
+
+# Augmentation and conversion drop boxes whose clipped area is below this fraction of the
+# image (0.01 %, design.md §3).
+MIN_BOX_AREA = 0.0001
+
+
+def clip_corners(cls: int, x1: float, y1: float, x2: float, y2: float,
+                 min_area: float = MIN_BOX_AREA) -> Box | None:
+    """The box with normalised corners (x1, y1)-(x2, y2) clipped to the image, or None when
+    what is left covers less than `min_area` of the image."""
+    x1, x2 = sorted((min(max(x1, 0.0), 1.0), min(max(x2, 0.0), 1.0)))
+    y1, y2 = sorted((min(max(y1, 0.0), 1.0), min(max(y2, 0.0), 1.0)))
+    w, h = x2 - x1, y2 - y1
+    if w <= 0 or h <= 0 or w * h < min_area:
+        return None
+    return Box(cls, (x1 + x2) / 2, (y1 + y2) / 2, w, h)
+
+
+def clip_box(box: Box, min_area: float = MIN_BOX_AREA) -> Box | None:
+    """`box` clipped to the image (a box may reach past the border), None when too small."""
+    return clip_corners(box.cls, box.cx - box.w / 2, box.cy - box.h / 2, box.cx + box.w / 2,
+                        box.cy + box.h / 2, min_area)

@@ -42,39 +42,45 @@ def _terrain(rng: np.random.Generator, size: int, mode: WeatherMode) -> np.ndarr
     return image
 
 
-def _draw_object(image: np.ndarray, shape: str, color, center, length, width, angle) -> None:
-    box = cv2.boxPoints(((center[0], center[1]), (length, width), angle)).astype(np.int32)
-    shadow = box + np.int32([max(2, int(width * 0.25)), max(2, int(width * 0.25))])
-    cv2.fillPoly(image, [shadow], (20, 25, 20))
+def _silhouette(shape: str, center, length, width, angle) -> list[np.ndarray]:
+    """The object's outline polygons seen from above (a man is a small disc)."""
+    def rect(cx, cy, long, wide):
+        return cv2.boxPoints(((cx, cy), (long, wide), angle)).astype(np.int32)
+
     if shape == "man":
-        cv2.circle(image, (int(center[0]), int(center[1])), int(length / 2), color, -1)
-        return
+        return [cv2.ellipse2Poly((int(center[0]), int(center[1])), (int(length / 2),) * 2, 0, 0, 360, 30)]
     if shape == "plane":
-        wing = cv2.boxPoints(((center[0], center[1]), (length * 0.25, width), angle)).astype(np.int32)
-        body = cv2.boxPoints(((center[0], center[1]), (length, width * 0.22), angle)).astype(np.int32)
-        cv2.fillPoly(image, [wing, body], color)
-        return
-    cv2.fillPoly(image, [box], color)
+        return [rect(*center, length * 0.25, width), rect(*center, length, width * 0.22)]
+    return [rect(*center, length, width)]
+
+
+def _draw_object(image: np.ndarray, shape: str, color, center, length, width, angle) -> None:
+    outline = _silhouette(shape, center, length, width, angle)
+    offset = np.int32([max(2, int(width * 0.2))] * 2)  # sun from the top left
+    cv2.fillPoly(image, [polygon + offset for polygon in outline], (20, 25, 20))
+    cv2.fillPoly(image, outline, color)
+    heading = np.array([np.cos(np.radians(angle)), np.sin(np.radians(angle))])
     if shape == "tank":  # turret and barrel
         cv2.circle(image, (int(center[0]), int(center[1])), int(width * 0.35), (25, 45, 30), -1)
-        tip = (int(center[0] + np.cos(np.radians(angle)) * length * 0.8),
-               int(center[1] + np.sin(np.radians(angle)) * length * 0.8))
-        cv2.line(image, (int(center[0]), int(center[1])), tip, (25, 45, 30), max(2, int(width * 0.12)))
+        tip = np.asarray(center) + heading * length * 0.8
+        cv2.line(image, (int(center[0]), int(center[1])), (int(tip[0]), int(tip[1])), (25, 45, 30),
+                 max(2, int(width * 0.12)))
     elif shape == "truck":  # cab
-        cab = cv2.boxPoints(((center[0] + np.cos(np.radians(angle)) * length * 0.38,
-                              center[1] + np.sin(np.radians(angle)) * length * 0.38),
-                             (length * 0.22, width), angle)).astype(np.int32)
-        cv2.fillPoly(image, [cab], (20, 20, 20))
+        cab = np.asarray(center) + heading * length * 0.38
+        cv2.fillPoly(image, [cv2.boxPoints(((cab[0], cab[1]), (length * 0.22, width), angle)).astype(np.int32)],
+                     (20, 20, 20))
     elif shape == "building":
-        cv2.polylines(image, [box], True, (40, 40, 60), max(2, int(width * 0.08)))
+        cv2.polylines(image, outline, True, (40, 40, 60), max(2, int(width * 0.08)))
 
 
 def render_scene(rng: np.random.Generator, size: int = 640, mode: WeatherMode = WeatherMode.Norm,
-                 classes: tuple[int, ...] = DEFAULT_CLASSES, max_objects: int = 6) -> Scene:
+                 classes: tuple[int, ...] = DEFAULT_CLASSES, max_objects: int = 6,
+                 scale: float | None = None) -> Scene:
     """One scene with 1..max_objects non-overlapping objects; labels use model class ids
-    (base id + weather offset)."""
+    (base id + weather offset). `scale` is the object size in pixels relative to a 640 px
+    scene (default size/640: objects keep their share of the image at any size)."""
     image = _terrain(rng, size, mode)
-    scale = size / 640
+    scale = size / 640 if scale is None else scale
     labels: list[tuple[int, float, float, float, float]] = []
     occupied: list[tuple[float, float, float, float]] = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
@@ -98,7 +104,7 @@ def render_scene(rng: np.random.Generator, size: int = 640, mode: WeatherMode = 
         labels.append((base_id + int(mode), (x0 + x1) / 2 / size, (y0 + y1) / 2 / size,
                        (x1 - x0) / size, (y1 - y0) / size))
     if mode is WeatherMode.Night:
-        image = image * 0.35 + np.array((25, 10, 0), np.float32)
+        image = image * 0.45 + np.array((30, 12, 0), np.float32)  # dark, blue-shifted
     return Scene(np.clip(image, 0, 255).astype(np.uint8), labels)
 
 

@@ -1,7 +1,114 @@
-"""CLI commands of this stage (filled in by its issue)."""
+"""`azaion train` and `azaion export`: argument parsing and printing only (torch and
+Ultralytics are imported inside the stage functions)."""
+
+from pathlib import Path
 
 import typer
 
+from azaion_training.cli_support import console, layout, print_json, settings
+from azaion_training.errors import InputError, OperationFailed
+
+
+def train_command(
+    run: str | None = typer.Argument(None, help="With --resume: the run to continue (default: the latest)."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Dataset name or path (default: form one)."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Default TRAINING_EPOCHS."),
+    batch: int | None = typer.Option(None, "--batch", min=1, help="Default TRAINING_BATCH_SIZE."),
+    imgsz: int | None = typer.Option(None, "--imgsz", min=32, help="Default TRAINING_IMGSZ (a multiple of 32)."),
+    device: str | None = typer.Option(None, "--device", help="cpu, 0, or 0,1 (DDP); default TRAINING_DEVICE."),
+    from_weights: Path | None = typer.Option(None, "--from", help="Fine-tune: a new run starting from these weights."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last.pt."),
+    preflight: bool = typer.Option(False, "--preflight", help="Check dataset, weights, device, memory and disk; "
+                                                                "train nothing. Exit 0 go, 1 no-go."),
+    min_free_gb: float | None = typer.Option(None, "--min-free-gb", help="Preflight: require this much free disk "
+                                                                          "instead of the checkpoint estimate."),
+    publish: bool = typer.Option(False, "--publish", help="Then export ONNX (parity-checked), publish it."),
+    target: str = typer.Option("azaion", "--target", help="With --publish: azaion, or local:DIR."),
+) -> None:
+    """Train a YOLO model (new run, --from fine-tune, or --resume), or run the --preflight checks."""
+    from azaion_training.training.train import TrainRequest, train
+    from azaion_training.training.train import resume as resume_run
+
+    if imgsz is not None and imgsz % 32:
+        raise InputError(f"--imgsz {imgsz}: must be a multiple of 32 (the YOLO stride)")
+    if run is not None and not resume:
+        raise InputError(f"unexpected argument {run!r}: a run name is only taken with --resume")
+    if resume and (from_weights or dataset or epochs or preflight):
+        raise InputError("--resume continues a run with its own dataset, epochs and schedule: "
+                         "drop --from/--dataset/--epochs/--preflight, or start a new run without --resume")
+    request = TrainRequest(dataset, epochs, batch, imgsz, device, from_weights)
+    if preflight:
+        _preflight(request, min_free_gb)
+        return
+    result = resume_run(settings(), run, device) if resume else train(settings(), request)
+    console.print(f"[green]training finished[/green]: {result.run_dir} ({result.epochs_done} epochs), "
+                  f"mAP50 {result.metrics.get('mAP50', 0):.4f}; {layout().current_pt} updated")
+    if publish:
+        _export_and_publish(result.run_dir.name, target)
+
+
+def _preflight(request, min_free_gb: float | None) -> None:
+    from rich.table import Table
+
+    from azaion_training.training.preflight import preflight
+
+    checks = preflight(settings(), request, min_free_gb)
+    table = Table("check", "result", "detail", title="training preflight")
+    for check in checks:
+        table.add_row(check.name, "[green]go[/green]" if check.ok else "[red]no-go[/red]", check.detail)
+    console.print(table)
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        raise OperationFailed(f"preflight: no-go ({', '.join(failed)})")
+    console.print("[green]preflight: go[/green]")
+
+
+def _export_and_publish(run_name: str, target: str) -> None:
+    from azaion_training.distribution.publish import publish_model
+    from azaion_training.training.export import export
+
+    exported = export(settings())
+    published = publish_model(settings(), exported.files["onnx"], target=target, source_run=run_name)
+    console.print(f"published {published.name} to {published.target} ({published.manifest_path})")
+
+
+def export_command(
+    weights: Path | None = typer.Option(None, "--weights", help="Default models/azaion.pt."),
+    formats: str = typer.Option("onnx", "--formats", help="Comma-separated: onnx, engine, rknn, coreml."),
+    imgsz: int | None = typer.Option(None, "--imgsz", min=32, help="Default EXPORT_ONNX_IMGSZ."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Parity check of the ONNX against PyTorch."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Dataset whose valid split the parity check uses "
+                                                               "(default: the latest run's)."),
+    verify_images: int = typer.Option(200, "--verify-images", min=1, help="At most this many parity images."),
+    check: Path | None = typer.Option(None, "--check", help="Only run the parity check on this existing .onnx."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Export the current model (ONNX, TensorRT engine, RKNN, CoreML) and prove the ONNX predicts
+    what the PyTorch model predicts (mAP50 within 0.01)."""
+    from azaion_training.training.export import export, verify_onnx
+
+    if check is not None:
+        report = verify_onnx(settings(), check, weights, dataset, imgsz, verify_images)
+        _print_export({}, report, as_json)
+        return
+    wanted = [f.strip() for f in formats.split(",") if f.strip()]
+    result = export(settings(), weights, wanted, imgsz, verify, dataset, verify_images)
+    _print_export(result.files, result.parity, as_json)
+
+
+def _print_export(files: dict, report, as_json: bool) -> None:
+    parity = None if report is None else {"images": report.images, "pytorch_map50": report.pytorch_map50,
+                                          "onnx_map50": report.onnx_map50, "passed": report.passed}
+    if as_json:
+        print_json({"files": {k: str(v) for k, v in files.items()}, "parity": parity})
+        return
+    for fmt, path in files.items():
+        console.print(f"{fmt}: {path}")
+    if parity:
+        console.print(f"parity on {parity['images']} images: PyTorch mAP50 {parity['pytorch_map50']:.4f}, "
+                      f"ONNX mAP50 {parity['onnx_map50']:.4f} [green]passed[/green]")
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("train")(train_command)
+    app.command("export")(export_command)

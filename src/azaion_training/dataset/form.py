@@ -1,0 +1,246 @@
+"""Dataset formation: data/ -> datasets/azaion-YYYY-MM-DD[-N]/ (spec §2.3, design.md §3).
+
+Every annotation is checked (label rules, image structure) and hashed in one read; bad pairs
+are quarantined to data-corrupted/ with a reason file (the only time formation moves source
+files). The rest are split 70/20/10 by source media, hardlinked into the dataset (data/ is
+never modified), optionally augmented in the train split only, and described by manifest.json.
+data.yaml is written last: a dataset without it is incomplete and never picked as latest.
+"""
+
+import json
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+
+import yaml
+
+from azaion_training.annotation_index import read_source_media
+from azaion_training.classes import MODEL_SLOTS, model_class_names
+from azaion_training.dataset.augment import AugmentJob, run_jobs
+from azaion_training.dataset.progress import Progress
+from azaion_training.dataset.sources import BadPair, CheckedPair, check_pairs, scan_pairs
+from azaion_training.dataset.split import SPLITS, SplitItem, assign_splits
+from azaion_training.errors import InputError
+from azaion_training.fsutil import atomic_write_text, durable_move, link_or_copy
+from azaion_training.labels import MIN_BOX_AREA
+from azaion_training.layout import Layout, checked_name, is_safe_name
+from azaion_training.logs import get_logger, log
+from azaion_training.settings import Settings
+
+logger = get_logger("dataset")
+
+LINK_METHODS = ("hardlink", "symlink", "copy")
+DATASET_NAME = re.compile(r"azaion-(\d{4}-\d{2}-\d{2})(?:-(\d+))?")
+EXAMPLES = 10
+
+
+@dataclass
+class FormResult:
+    path: Path
+    data_yaml: Path
+    manifest: Path
+    counts: dict[str, int]  # files per split (images; augmented variants included)
+    sources: dict[str, int]  # source annotations per split
+    corrupted: int
+    corrupted_examples: list[str]  # "name: reason"
+    augmented: int = 0
+    link_method: str = "hardlink"
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "data_yaml": str(self.data_yaml), "manifest": str(self.manifest),
+                "counts": self.counts, "sources": self.sources, "corrupted": self.corrupted,
+                "corrupted_examples": self.corrupted_examples, "augmented": self.augmented,
+                "link_method": self.link_method, "warnings": self.warnings, "seconds": round(self.seconds, 2)}
+
+
+def latest_dataset(layout: Layout) -> Path | None:
+    """The newest complete datasets/azaion-YYYY-MM-DD[-N] (by date, then suffix)."""
+    found = []
+    if layout.datasets.is_dir():
+        for entry in layout.datasets.iterdir():
+            match = DATASET_NAME.fullmatch(entry.name)
+            if match and (entry / "data.yaml").is_file():
+                found.append((match.group(1), int(match.group(2) or 1), entry))
+    return max(found)[2] if found else None
+
+
+def resolve_dataset(target: str | Path | None, layout: Layout) -> Path:
+    """A dataset given by path or by name under datasets/; the latest one when None."""
+    if target is None:
+        latest = latest_dataset(layout)
+        if latest is None:
+            raise InputError(f"no dataset in {layout.datasets}: form one with `azaion dataset form`")
+        return latest
+    path = Path(target)
+    if not path.exists() and is_safe_name(str(target)):
+        path = layout.datasets / str(target)
+    if not path.is_dir():
+        raise InputError(f"{target} is neither a directory nor a dataset name in {layout.datasets}")
+    return path
+
+
+def claim_dataset_dir(layout: Layout, name: str) -> Path:
+    """Create datasets/<name>, or <name>-2, -3 ... when taken (mkdir claims a name atomically)."""
+    checked_name(name, "dataset name")
+    layout.datasets.mkdir(parents=True, exist_ok=True)
+    number = 1
+    while True:
+        candidate = layout.dataset_dir(name if number == 1 else f"{name}-{number}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            number += 1
+
+
+def quarantine(layout: Layout, bad: BadPair) -> str:
+    """Move a bad pair from data/ to data-corrupted/ with <stem>.reason.txt; never overwrites an
+    earlier quarantined file (a later one gets a time suffix). Returns the stem used."""
+    area = layout.corrupted
+    stem = bad.pair.name
+    taken = (area.root / f"{stem}.reason.txt").exists() or area.find_image(stem) or area.label_path(stem).exists()
+    if taken:
+        stem = f"{stem}.{datetime.now().strftime('%Y%m%dT%H%M%S%f')}"
+    atomic_write_text(area.root / f"{stem}.reason.txt",
+                      f"{bad.reason}\nimage: {bad.pair.image}\nlabel: {bad.pair.label}\n"
+                      f"quarantined: {datetime.now().isoformat(timespec='seconds')}\n")
+    if bad.pair.image is not None:
+        durable_move(bad.pair.image, area.images / f"{stem}{bad.pair.image.suffix}")
+    if bad.pair.label is not None:
+        durable_move(bad.pair.label, area.labels / f"{stem}.txt")
+    log(logger, logging.WARNING, "annotation quarantined", name=bad.pair.name, reason=bad.reason,
+        to=str(area.root))
+    return stem
+
+
+def write_data_yaml(path: Path, dataset: Path, layout: Layout) -> None:
+    data = {"path": str(dataset.absolute()), "train": "train/images", "val": "valid/images",
+            "test": "test/images", "nc": MODEL_SLOTS, "names": model_class_names(layout.classes_json)}
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def _prepare_split_dirs(dataset: Path) -> None:
+    for split in SPLITS:
+        for kind in ("images", "labels"):
+            (dataset / split / kind).mkdir(parents=True)
+
+
+def _check_arguments(split: Sequence[int], link: str) -> None:
+    if link not in LINK_METHODS:
+        raise InputError(f"--link {link!r} is not one of {', '.join(LINK_METHODS)}")
+    if len(split) != 3 or any(int(r) < 0 for r in split) or not split[0]:
+        raise InputError(f"split {split} must be three non-negative shares with a non-zero train share, like 70/20/10")
+
+
+def _dataset_files(checked: CheckedPair, split: str, augmented: dict, processed: Path) -> list[tuple]:
+    """(source path, dataset path, sha256, kind) of every file this annotation contributes."""
+    pair = checked.pair
+    if split == "train" and pair.name in augmented:
+        files = []
+        for variant in augmented[pair.name]:
+            files.append((processed / "images" / variant.image, f"train/images/{variant.image}",
+                          variant.image_sha256, "image"))
+            files.append((processed / "labels" / variant.label, f"train/labels/{variant.label}",
+                          variant.label_sha256, "label"))
+        return files
+    return [(pair.image, f"{split}/images/{pair.image.name}", checked.image_sha256, "image"),
+            (pair.label, f"{split}/labels/{pair.name}.txt", checked.label_sha256, "label")]
+
+
+def form_dataset(settings: Settings, name: str | None = None, seed: int = 0, split: Sequence[int] = (70, 20, 10),
+                 augment: bool = False, link: str = "hardlink", progress: bool = True, workers: int = 0,
+                 min_box_area: float = MIN_BOX_AREA) -> FormResult:
+    """Form a dataset from data/ (see the module docstring). `workers` is the number of
+    augmentation processes (0: augment in this process)."""
+    started = time.monotonic()
+    _check_arguments(split, link)
+    layout = Layout(settings.paths)
+    layout.init()
+    warnings: list[str] = []
+
+    pairs, orphans, fresh = scan_pairs(layout.data)
+    if fresh:
+        warnings.append(f"{len(fresh)} incomplete annotation(s) younger than a few minutes left in data/ "
+                        f"(still being written?), e.g. {fresh[0]}")
+    good, bad = check_pairs(pairs, progress)
+    bad = orphans + bad
+    examples = [f"{b.pair.name}: {b.reason}" for b in bad[:EXAMPLES]]
+    for item in bad:
+        quarantine(layout, item)
+    if bad:
+        warnings.append(f"{len(bad)} annotation(s) quarantined to {layout.corrupted.root} "
+                        f"(see <name>.reason.txt), e.g. {examples[0]}")
+
+    media = read_source_media(layout.index_db)
+    media_of = {c.pair.name: media.get(c.pair.name, c.pair.name) for c in good}
+    assignment = assign_splits([SplitItem(c.pair.name, media_of[c.pair.name], c.classes) for c in good],
+                               split, seed)
+
+    dataset = claim_dataset_dir(layout, name or f"azaion-{date.today().isoformat()}")
+    _prepare_split_dirs(dataset)
+
+    augmented: dict = {}
+    if augment:
+        train = [c for c in good if assignment[c.pair.name] == "train"]
+        summary = run_jobs(layout, (AugmentJob.from_checked(c, min_box_area) for c in train), workers,
+                           min_box_area, progress)
+        augmented = summary.variants
+        if summary.skipped:  # only unreadable images fall here: the check above passed them
+            warnings.append(f"{len(summary.skipped)} train image(s) could not be augmented and are used as is")
+
+    manifest_files, histogram, counts, sources, method = _link_files(dataset, good, assignment, media_of,
+                                                                     augmented, layout, link, progress)
+    if not good:
+        warnings.append(f"no annotations in {layout.data.root}: the dataset is empty")
+    manifest = {
+        "name": dataset.name, "created": datetime.now().isoformat(timespec="seconds"),
+        "source": str(layout.data.root), "seed": seed, "split": dict(zip(SPLITS, split, strict=True)),
+        "augmented": augment, "link_method": method, "counts": counts, "sources": sources,
+        "class_histogram": histogram,
+        "corrupted": {"count": len(bad), "examples": examples},
+        "files": manifest_files,
+    }
+    manifest_path = dataset / "manifest.json"
+    atomic_write_text(manifest_path, json.dumps(manifest, ensure_ascii=False))
+    data_yaml = dataset / "data.yaml"
+    write_data_yaml(data_yaml, dataset, layout)
+    result = FormResult(dataset, data_yaml, manifest_path, counts, sources, len(bad), examples,
+                        sum(1 for c in good if c.pair.name in augmented and assignment[c.pair.name] == "train"),
+                        method, warnings, time.monotonic() - started)
+    for warning in warnings:
+        log(logger, logging.WARNING, warning)
+    log(logger, logging.INFO, "dataset formed", **{k: v for k, v in result.to_dict().items() if k != "warnings"})
+    return result
+
+
+def _link_files(dataset: Path, good: list[CheckedPair], assignment: dict[str, str], media_of: dict[str, str],
+                augmented: dict, layout: Layout, link: str, progress: bool):
+    files = []
+    histogram = {s: Counter() for s in SPLITS}
+    counts = dict.fromkeys(SPLITS, 0)
+    sources = dict.fromkeys(SPLITS, 0)
+    methods = Counter()
+    with Progress("linking files", len(good), progress) as bar:
+        for checked in good:
+            name = checked.pair.name
+            split = assignment[name]
+            sources[split] += 1
+            histogram[split].update(checked.classes)
+            for source, relative, sha256, kind in _dataset_files(checked, split, augmented, layout.processed.root):
+                methods[link_or_copy(source, dataset / relative, link)] += 1
+                counts[split] += kind == "image"
+                files.append({"path": relative, "split": split, "sha256": sha256, "annotation": name,
+                              "source_media": media_of[name]})
+            bar.advance()
+    method = methods.most_common(1)[0][0] if methods else link
+    if len(methods) > 1:
+        method = "+".join(sorted(methods))
+    hist = {s: {str(c): n for c, n in sorted(histogram[s].items())} for s in SPLITS}
+    return files, hist, counts, sources, method

@@ -1,0 +1,221 @@
+"""`azaion demo`: the whole product on generated data, through the same functions the stage
+commands call -- stream messages -> consumer handler -> dataset -> training -> ONNX export
+with parity check -> encrypted split publish to a local target -> verified fetch ->
+inference on a rendered video -> HTML report. No broker (unless asked), GPU, cloud or network.
+"""
+
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from azaion_training.errors import OperationFailed
+from azaion_training.layout import Layout
+from azaion_training.logs import get_logger, log, register_secret
+from azaion_training.settings import Settings
+
+logger = get_logger("demo")
+MODEL_NAME = "azaion-demo.onnx"
+
+# Ultralytics' defaults suit long GPU runs on real data; a 2-minute CPU run from scratch
+# learns with these (auto-optimizer would pick AdamW at lr 1e-4 for 80 classes, far too slow,
+# and mosaic/colour jitter hide the cues the weather classes need).
+DEMO_HYPERPARAMETERS = {"optimizer": "AdamW", "lr0": 0.004, "warmup_epochs": 1, "mosaic": 0.0,
+                        "hsv_s": 0.2, "hsv_v": 0.2, "plots": False}
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    workdir: Path
+    images: int = 240
+    epochs: int = 30
+    imgsz: int = 128
+    batch: int = 8
+    video_frames: int = 48
+    seed: int = 0
+    broker: Settings | None = None  # publish/consume through this broker instead of a dump replay
+
+
+@dataclass
+class DemoResult:
+    report: Path
+    map50: float | None
+    timings_s: dict[str, float] = field(default_factory=dict)
+    artefacts: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+def demo_settings(options: DemoOptions, base: Settings | None = None) -> Settings:
+    """Settings for a tree under the workdir: a small CPU model and a random model key for
+    this run only (the key never leaves the process, and it is redacted from logs)."""
+    key = secrets.token_urlsafe(32)
+    register_secret(key)
+    data = (base or Settings()).model_dump()
+    data["environment"] = "development"
+    data["paths"].update(root_dir=str(options.workdir / "azaion"))
+    data["training"].update(model="yolo26n.yaml", epochs=options.epochs, batch_size=options.batch,
+                            imgsz=options.imgsz, save_period=-1, workers=0, device="cpu")
+    data["export"].update(onnx_imgsz=options.imgsz, max_batch=4)
+    data["security"]["model_encryption_key"] = key
+    data["inference"].update(every=1, batch=4, conf=0.3, iou=0.3)
+    return Settings.model_validate(data)
+
+
+@contextmanager
+def ultralytics_hyperparameters(values: dict[str, Any]) -> Iterator[None]:
+    """Apply `values` to every Ultralytics trainer created inside the block (the training stage
+    passes only the settings' arguments; this is how the demo tunes a short CPU run)."""
+    from ultralytics.utils.callbacks import base
+
+    def apply(trainer: Any) -> None:
+        for key, value in values.items():
+            setattr(trainer.args, key, value)
+
+    hooks = base.default_callbacks["on_pretrain_routine_start"]
+    hooks.append(apply)
+    try:
+        yield
+    finally:
+        hooks.remove(apply)
+
+
+class Steps:
+    """Times each step and logs it (one JSON line per step when not on a terminal)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.timings = total, 0, {}
+
+    def run(self, name: str, work: Callable[[], Any]) -> Any:
+        self.done += 1
+        log(logger, logging.INFO, f"demo step {self.done}/{self.total}: {name}")
+        started = time.monotonic()
+        result = work()
+        self.timings[name] = round(time.monotonic() - started, 1)
+        log(logger, logging.INFO, f"demo step {name} done", seconds=self.timings[name])
+        return result
+
+
+def run_demo(options: DemoOptions) -> DemoResult:
+    from azaion_training.demo.stream import StreamPlan, write_stream_dump
+
+    workdir = options.workdir.absolute()
+    options = DemoOptions(**{**asdict(options), "workdir": workdir, "broker": options.broker})
+    settings = demo_settings(options, options.broker)
+    layout = Layout(settings.paths)
+    layout.init()
+    steps = Steps(9)
+    started = time.monotonic()
+
+    plan = StreamPlan(images=options.images, size=options.imgsz, seed=options.seed)
+    dump = workdir / "stream.azqdump"
+    stream = steps.run("generate annotated scenes as stream messages", lambda: write_stream_dump(dump, plan))
+    ingest = steps.run("consume the stream", lambda: _ingest(settings, dump, options.broker is not None))
+    formed = steps.run("form the dataset", lambda: _form(settings, options.seed))
+    trained = steps.run("train yolo26n on CPU", lambda: _train(settings, formed))
+    exported = steps.run("export ONNX with the parity check", lambda: _export(settings, formed))
+    published = steps.run("encrypt, split and publish", lambda: _publish(settings, exported, trained, workdir))
+    video = steps.run("render a flight video", lambda: _video(options))
+    inference = steps.run("infer on the video with the fetched model",
+                          lambda: _infer(settings, video, workdir, published["target"]))
+    report = steps.run("write the report", lambda: _report(settings, trained, stream, ingest, published,
+                                                           inference, steps.timings, options))
+    steps.timings["total"] = round(time.monotonic() - started, 1)
+    result = DemoResult(
+        report=report.index_html, map50=report.evaluation.map50 if report.evaluation else None,
+        timings_s=steps.timings,
+        artefacts={"dump": str(dump), "dataset": str(formed.path), "run": str(trained.run_dir),
+                   "pt": str(layout.current_pt), "onnx": str(exported.files["onnx"]),
+                   "manifest": str(published["manifest_path"]), "video": str(video),
+                   "inference": str(workdir / "inference"), "report": str(report.index_html)},
+        counts={"stream": stream.as_dict(), "ingest": ingest})
+    log(logger, logging.INFO, "demo finished", seconds=steps.timings["total"], mAP50=result.map50,
+        report=str(result.report))
+    return result
+
+
+def _ingest(settings: Settings, dump: Path, broker: bool) -> dict[str, Any]:
+    if not broker:
+        from azaion_training.queue.handler import replay_dump
+
+        return asdict(replay_dump(settings, dump))
+    from azaion_training.queue.consumer import consume
+    from azaion_training.queue.dumpfile import iter_dump
+    from azaion_training.queue.streamio import publish
+
+    sent = publish(settings.rabbitmq, (record.data for record in iter_dump(dump)))
+    result = consume(settings, exit_when_idle=5.0, create_stream=True)
+    return {"published": sent, **(asdict(result) if hasattr(result, "__dataclass_fields__") else {})}
+
+
+def _form(settings: Settings, seed: int):
+    from azaion_training.dataset.form import form_dataset
+
+    return form_dataset(settings, name="azaion-demo", seed=seed, progress=False)
+
+
+def _train(settings: Settings, formed):
+    from azaion_training.training.train import TrainRequest, train
+
+    with ultralytics_hyperparameters(DEMO_HYPERPARAMETERS):
+        return train(settings, TrainRequest(dataset=formed.path.name))
+
+
+def _export(settings: Settings, formed):
+    from azaion_training.training.export import export
+
+    return export(settings, dataset=formed.path.name)
+
+
+def _publish(settings: Settings, exported, trained, workdir: Path) -> dict[str, Any]:
+    """Publish the ONNX to a local API/CDN stand-in, fetch it back and prove it is the same
+    model (SHA-256 of the decrypted bytes, in memory)."""
+    from azaion_training.distribution.fetch import fetch_model_bytes
+    from azaion_training.distribution.publish import publish_model
+
+    target = f"local:{workdir / 'published'}"
+    onnx = Path(exported.files["onnx"])
+    result = publish_model(settings, onnx, name=MODEL_NAME, target=target, source_run=trained.run_dir.name)
+    fetched = fetch_model_bytes(settings, MODEL_NAME, target=target)
+    expected = hashlib.sha256(onnx.read_bytes()).hexdigest()
+    if hashlib.sha256(fetched).hexdigest() != expected:
+        raise OperationFailed("the fetched model differs from the published ONNX")
+    return {"target": target, "manifest_path": result.manifest_path, "manifest": result.manifest,
+            "fetch_check": f"fetched {len(fetched)} bytes, decrypted in memory, SHA-256 {expected[:16]}... matches"}
+
+
+def _video(options: DemoOptions) -> Path:
+    from azaion_training.demo.stream import DEMO_CLASSES
+    from azaion_training.demo.video import render_flight
+
+    rng = np.random.default_rng(options.seed + 1)
+    return render_flight(options.workdir / "flight.mp4", rng, options.imgsz, DEMO_CLASSES, options.video_frames)
+
+
+def _infer(settings: Settings, video: Path, workdir: Path, target: str):
+    from azaion_training.inference.pipeline import run_inference
+
+    return run_inference(settings, video, MODEL_NAME, workdir / "inference", target=target, engine="onnx")
+
+
+def _report(settings: Settings, trained, stream, ingest, published, inference, timings, options: DemoOptions):
+    from azaion_training.demo.video import read_frames
+    from azaion_training.report.build import ReportInputs, build_report
+
+    summary = asdict(inference)
+    frames = read_frames(Path(summary["outputs"]["video"]), 6) if summary["outputs"].get("video") else []
+    inputs = ReportInputs(
+        run_dir=trained.run_dir, title="Azaion demo: annotations to an encrypted model on video",
+        ingest={**{f"sent: {k}": v for k, v in stream.as_dict().items()},
+                **{f"consumer: {k}": v for k, v in ingest.items()}},
+        publish={"manifest": published["manifest"], "fetch": published["fetch_check"]},
+        inference=summary, inference_frames=frames,
+        extra={"images generated": options.images, "imgsz": options.imgsz, "epochs": options.epochs,
+               **{f"time: {k} (s)": v for k, v in timings.items()}})
+    return build_report(settings, inputs, options.workdir / "report")

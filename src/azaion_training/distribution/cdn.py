@@ -1,0 +1,127 @@
+"""The S3-compatible CDN that holds the big model parts (spec §2.7, §4.2).
+
+Two boto3 clients against the same endpoint: one with the downloader (read-only) key pair,
+one with the uploader key pair. The credentials come from `cdn.yaml` (keys `host`,
+`downloader_access_key`, `downloader_access_secret`, `uploader_access_key`,
+`uploader_access_secret`, optional `bucket`), fetched encrypted through the Azaion API, or
+read from the local file CDN_CONFIG_FILE names. Transfers of big files are multipart.
+Failures raise OperationFailed naming the bucket and key (the original printed and
+returned False).
+"""
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from azaion_training.errors import ConfigError, OperationFailed
+from azaion_training.fsutil import atomic_writer
+from azaion_training.logs import get_logger, log, register_secret
+
+logger = get_logger("distribution.cdn")
+
+CDN_CONFIG_NAME = "cdn.yaml"
+CDN_CONFIG_FOLDER = ""  # cdn.yaml sits at the root of the API's resources
+MULTIPART_CHUNK = 8 * 1024 * 1024
+PROGRESS_EVERY_S = 2.0
+_KEYS = ("host", "downloader_access_key", "downloader_access_secret", "uploader_access_key", "uploader_access_secret")
+
+
+@dataclass(frozen=True)
+class CdnCredentials:
+    host: str
+    downloader_access_key: str = field(repr=False)
+    downloader_access_secret: str = field(repr=False)
+    uploader_access_key: str = field(repr=False)
+    uploader_access_secret: str = field(repr=False)
+    bucket: str | None = None
+
+
+def parse_cdn_config(text: bytes | str, origin: str) -> CdnCredentials:
+    """CDN credentials from the text of a cdn.yaml; `origin` names it in error messages."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"{origin} is not valid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin} must be a mapping with keys {', '.join(_KEYS)}")
+    missing = [key for key in _KEYS if not data.get(key)]
+    if missing:
+        raise ConfigError(f"{origin} lacks {', '.join(missing)}")
+    values = {key: str(data[key]) for key in _KEYS}
+    for key in _KEYS[1:]:
+        register_secret(values[key])
+    return CdnCredentials(**values, bucket=str(data["bucket"]) if data.get("bucket") else None)
+
+
+class _Progress:
+    """boto3 transfer callback: a JSON log line every few seconds while bytes move."""
+
+    def __init__(self, what: str, total: int):
+        self.what, self.total, self.done = what, total, 0
+        self.last = time.monotonic()
+
+    def __call__(self, transferred: int) -> None:
+        self.done += transferred
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            log(logger, logging.INFO, "CDN transfer in progress", what=self.what, bytes=self.done, total=self.total)
+
+
+class CdnManager:
+    def __init__(self, credentials: CdnCredentials):
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.host = credentials.host
+        config = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"},
+                        connect_timeout=10, read_timeout=60)
+
+        def client(key: str, secret: str) -> Any:
+            return boto3.session.Session().client("s3", endpoint_url=credentials.host, aws_access_key_id=key,
+                                                  aws_secret_access_key=secret, region_name="us-east-1",
+                                                  config=config)
+
+        self._reader = client(credentials.downloader_access_key, credentials.downloader_access_secret)
+        self._writer = client(credentials.uploader_access_key, credentials.uploader_access_secret)
+        self._transfer = TransferConfig(multipart_threshold=MULTIPART_CHUNK, multipart_chunksize=MULTIPART_CHUNK)
+
+    def __repr__(self) -> str:
+        return f"CdnManager(host={self.host!r})"
+
+    def upload_file(self, bucket: str, key: str, source: Path) -> None:
+        """Upload a local file (multipart when big) with the uploader credentials."""
+        size = os.path.getsize(source)
+        try:
+            self._writer.upload_file(str(source), bucket, key, Config=self._transfer,
+                                     Callback=_Progress(f"upload s3://{bucket}/{key}", size))
+        except Exception as exc:
+            raise OperationFailed(f"CDN upload of s3://{bucket}/{key} to {self.host} failed: "
+                                  f"{_describe(exc)}") from None
+        log(logger, logging.INFO, "uploaded to the CDN", bucket=bucket, key=key, bytes=size)
+
+    def download_file(self, bucket: str, key: str, target: Path) -> None:
+        """Download with the downloader credentials; `target` appears whole or not at all."""
+        try:
+            with atomic_writer(target, mode=0o600) as handle:
+                self._reader.download_fileobj(bucket, key, handle, Config=self._transfer,
+                                              Callback=_Progress(f"download s3://{bucket}/{key}", 0))
+        except Exception as exc:
+            raise OperationFailed(f"CDN download of s3://{bucket}/{key} from {self.host} failed: "
+                                  f"{_describe(exc)}") from None
+        log(logger, logging.INFO, "downloaded from the CDN", bucket=bucket, key=key, bytes=target.stat().st_size)
+
+
+def _describe(exc: Exception) -> str:
+    """A short, secret-free reason: the S3 error code and message, or the exception type."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and "Error" in response:
+        error = response["Error"]
+        return f"{error.get('Code', '?')}: {error.get('Message', '')}".strip()
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,123 @@
+"""`azaion fetch-model`: the small part through the API, the big part from the CDN (cached
+under CDN_CACHE_DIR, default <root>/models/cache), reassembled, decrypted and verified
+against the published manifest. `fetch_model_bytes` keeps the plaintext in memory (for
+inference: the decrypted model never touches disk); `fetch_model_to_file` writes it
+atomically with mode 0600.
+
+Every integrity failure (a part whose SHA-256 differs from the manifest, parts of two
+different publishes, a wrong model key) raises DecryptionError naming what did not match.
+"""
+
+import hashlib
+import itertools
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from azaion_training.distribution.api_client import ResourceNotFound
+from azaion_training.distribution.publish import MANIFEST_FORMAT, local_manifest_path, part_names
+from azaion_training.distribution.targets import Target, file_sha256, open_target
+from azaion_training.errors import OperationFailed
+from azaion_training.fsutil import atomic_writer
+from azaion_training.layout import Layout, checked_name
+from azaion_training.logs import get_logger, log
+from azaion_training.security.crypto import DecryptionError, decrypt_stream, read_chunks
+from azaion_training.security.keys import model_key
+from azaion_training.settings import Settings
+
+logger = get_logger("distribution.fetch")
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    name: str
+    path: Path
+    size: int
+    sha256: str
+
+
+def fetch_model_bytes(settings: Settings, name: str, target: str = "azaion", folder: str = "models") -> bytes:
+    """The decrypted, SHA-256-verified model, in memory."""
+    parts: list[bytes] = []
+    _fetch(settings, name, target, folder, parts.append)
+    return b"".join(parts)
+
+
+def fetch_model_to_file(settings: Settings, name: str, out: Path | None = None, target: str = "azaion",
+                        folder: str = "models") -> FetchResult:
+    """Fetch, verify and write the model to `out` (default ./NAME) atomically, mode 0600."""
+    out = Path(out) if out else Path.cwd() / checked_name(name, "model name")
+    if out.is_dir():
+        out = out / checked_name(name, "model name")
+    with atomic_writer(out, mode=0o600) as handle:
+        manifest = _fetch(settings, name, target, folder, handle.write)
+    return FetchResult(name, out, manifest["plaintext"]["size"], manifest["plaintext"]["sha256"])
+
+
+def _fetch(settings: Settings, name: str, target: str, folder: str, write: Callable[[bytes], object]) -> dict:
+    """Decrypt the published model into `write`; raises before returning when anything does
+    not match the manifest (callers discard what was written)."""
+    name = checked_name(name, "model name")
+    folder = checked_name(folder, "folder")
+    key = model_key(settings)
+    layout = Layout(settings.paths)
+    small_name, big_name, _ = part_names(name)
+    store = open_target(settings, target)
+    try:
+        manifest = _manifest(store, layout, folder, name)
+        small = store.get_small(folder, small_name)
+        _check_part(small_name, len(small), hashlib.sha256(small).hexdigest(), manifest["small"])
+        cache = settings.cdn.cache_dir or layout.models / "cache"
+        big_path = store.get_big(folder, big_name, cache, manifest["big"]["sha256"])
+        _check_part(big_name, big_path.stat().st_size, file_sha256(big_path), manifest["big"])
+    finally:
+        store.close()
+    digest = hashlib.sha256()
+
+    def verified_write(data: bytes) -> None:
+        digest.update(data)
+        write(data)
+
+    with big_path.open("rb") as big:
+        decrypt_stream(itertools.chain((small,), read_chunks(big)), manifest["ciphertext"]["size"], verified_write, key)
+    if digest.hexdigest() != manifest["plaintext"]["sha256"]:
+        raise DecryptionError(f"model {folder}/{name} decrypted to bytes whose SHA-256 differs from its manifest: "
+                              "the model key (MODEL_ENCRYPTION_KEY) is not the one it was published with")
+    log(logger, logging.INFO, "fetched and verified the model", name=name, folder=folder,
+        bytes=manifest["plaintext"]["size"], target=store.description)
+    return manifest
+
+
+def _manifest(store: Target, layout: Layout, folder: str, name: str) -> dict[str, Any]:
+    """The manifest published with the model (through the target), else the local copy."""
+    manifest_name = part_names(name)[2]
+    try:
+        text = store.get_small(folder, manifest_name)
+        origin = f"{store.description} {folder}/{manifest_name}"
+    except ResourceNotFound:
+        local = local_manifest_path(layout, folder, name)
+        if not local.is_file():
+            raise OperationFailed(f"model {folder}/{name} has no manifest on {store.description} nor at {local}: "
+                                  "it was not published (or not completely): run `azaion publish` again") from None
+        text, origin = local.read_bytes(), str(local)
+    try:
+        manifest = json.loads(text)
+        if manifest.get("format") != MANIFEST_FORMAT:
+            raise ValueError(manifest.get("format"))
+        if not all(isinstance(manifest[part]["size"], int) and isinstance(manifest[part]["sha256"], str)
+                   for part in ("plaintext", "ciphertext", "small", "big")):
+            raise ValueError("sizes and hashes")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise OperationFailed(f"manifest {origin} is not a valid {MANIFEST_FORMAT} manifest") from None
+    return manifest
+
+
+def _check_part(filename: str, size: int, sha256: str, expected: dict[str, Any]) -> None:
+    if size != expected["size"] or sha256 != expected["sha256"]:
+        raise DecryptionError(
+            f"part {filename} does not match its manifest (size {size}, expected {expected['size']}; SHA-256 "
+            f"{sha256[:12]}…, expected {str(expected['sha256'])[:12]}…): it was tampered with, truncated, or "
+            "belongs to another publish of the model; publish again or clear the CDN cache")

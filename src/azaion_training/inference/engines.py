@@ -1,0 +1,270 @@
+"""Inference engines behind one small interface: `input_shape` (h, w), `batch_size`,
+`dynamic_batch`, `dynamic_hw` (spatial axes free, so frames may be letterboxed to a smaller
+rectangle, as Ultralytics does), `end2end` (output layout), `stride`, `class_names` and
+`run(batch) -> outputs`.
+
+Both YOLO output layouts are recognised: end-to-end `(B, 300, 6)` rows of
+x1,y1,x2,y2,score,class, and raw `(B, 4 + nc, anchors)` (cx,cy,w,h then class scores).
+"""
+
+import ast
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from azaion_training.classes import model_class_names
+from azaion_training.errors import InputError, OperationFailed
+from azaion_training.fsutil import atomic_write_bytes
+from azaion_training.logs import get_logger, log
+
+logger = get_logger("inference")
+
+DEFAULT_STRIDE = 32
+
+
+class Engine(Protocol):
+    input_shape: tuple[int, int]
+    batch_size: int
+    dynamic_batch: bool
+    dynamic_hw: bool
+    end2end: bool
+    stride: int
+    class_names: dict[int, str]
+    provider: str
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]: ...
+
+
+def _literal(value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return None
+
+
+def _is_end2end(metadata: dict[str, str], output_shape: list[Any]) -> bool:
+    if "end2end" in metadata:
+        return metadata["end2end"].strip().lower() == "true"
+    return len(output_shape) == 3 and output_shape[2] == 6
+
+
+def _check_output(output_shape: list[Any], end2end: bool, what: str) -> None:
+    if len(output_shape) != 3 or (end2end and output_shape[2] not in (6, "?")):
+        raise InputError(f"{what} has output shape {output_shape}; expected a YOLO detector output "
+                         "(B, 300, 6) end-to-end or (B, 4+classes, anchors) raw: export a detection model")
+
+
+def _pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
+    """A fixed-batch model takes exactly `size` frames: fill the rest with zeros."""
+    if batch.shape[0] == size:
+        return batch
+    if batch.shape[0] > size:
+        raise ValueError(f"batch of {batch.shape[0]} frames exceeds the model's fixed batch {size}")
+    filler = np.zeros((size - batch.shape[0], *batch.shape[1:]), dtype=batch.dtype)
+    return np.concatenate([batch, filler])
+
+
+class OnnxEngine:
+    """ONNX Runtime from bytes (a decrypted model never touches the disk); CUDA when the
+    installed runtime has it, else CPU. A fixed batch axis in the model wins over
+    `batch_size`."""
+
+    def __init__(self, model_bytes: bytes, threads: int = 0, batch_size: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        wanted = ("CUDAExecutionProvider", "CPUExecutionProvider")
+        providers = [p for p in wanted if p in ort.get_available_providers()]
+        try:
+            self._session = ort.InferenceSession(model_bytes, options, providers=providers)
+        except Exception as exc:  # ORT raises its own pybind types for every load failure
+            raise InputError(f"the model is not a loadable ONNX file ({type(exc).__name__}: {str(exc)[:200]}); "
+                             "pass an .onnx exported with `azaion export`") from None
+        self.provider = self._session.get_providers()[0]
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] not in (3, "3"):
+            raise InputError(f"the ONNX model takes {[(i.name, i.shape) for i in inputs]}; expected one "
+                             "image input (batch, 3, height, width): export a YOLO detection model")
+        self._input_name = inputs[0].name
+        self._input_dtype = np.float16 if "float16" in inputs[0].type else np.float32
+        metadata = self._session.get_modelmeta().custom_metadata_map
+        batch, _, height, width = inputs[0].shape
+        self.dynamic_batch = not isinstance(batch, int)
+        self.dynamic_hw = not (isinstance(height, int) and isinstance(width, int))
+        self.input_shape = (height, width) if not self.dynamic_hw else self._metadata_imgsz(metadata)
+        self.batch_size = batch if not self.dynamic_batch else (batch_size or int(metadata.get("batch", 1)))
+        self.end2end = _is_end2end(metadata, outputs[0].shape)
+        _check_output(outputs[0].shape, self.end2end, "the ONNX model")
+        self.stride = int(metadata.get("stride", DEFAULT_STRIDE))
+        names = _literal(metadata.get("names"))
+        self.class_names = {int(k): str(v) for k, v in names.items()} if isinstance(names, dict) \
+            else model_class_names()
+
+    @staticmethod
+    def _metadata_imgsz(metadata: dict[str, str]) -> tuple[int, int]:
+        imgsz = _literal(metadata.get("imgsz"))
+        if isinstance(imgsz, int):
+            return imgsz, imgsz
+        if isinstance(imgsz, list | tuple) and len(imgsz) == 2:
+            return int(imgsz[0]), int(imgsz[1])
+        raise InputError("the ONNX model has free height/width and no `imgsz` in its metadata, so its input "
+                         "size is unknown: export it with `azaion export` (or Ultralytics) to carry the size")
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        count = batch.shape[0]
+        feed = batch if self.dynamic_batch else _pad_batch(batch, self.batch_size)
+        outputs = self._session.run(None, {self._input_name: feed.astype(self._input_dtype, copy=False)})
+        return [np.asarray(output[:count], dtype=np.float32) for output in outputs]
+
+
+def engine_filename_for(major: int, minor: int, sm_count: int) -> str:
+    """Spec §2.4: one TensorRT engine per GPU architecture and SM count."""
+    return f"azaion.cc_{major}.{minor}_sm_{sm_count}.engine"
+
+
+def engine_filename(device_id: int = 0) -> str:
+    """The engine file name for this machine's GPU `device_id`."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise OperationFailed("no CUDA GPU is visible, so there is no TensorRT engine name for this machine")
+    props = torch.cuda.get_device_properties(device_id)
+    return engine_filename_for(props.major, props.minor, props.multi_processor_count)
+
+
+def tensorrt_available() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _split_ultralytics_engine(data: bytes) -> tuple[bytes, dict[str, Any]]:
+    """Ultralytics prefixes its .engine files with a 4-byte length and a JSON metadata block."""
+    if len(data) > 4:
+        size = int.from_bytes(data[:4], "little")
+        if 0 < size < len(data) - 4 and data[4:5] == b"{":
+            try:
+                return data[4 + size:], json.loads(data[4:4 + size].decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                pass
+    return data, {}
+
+
+class TensorRTEngine:
+    """A TensorRT plan on the GPU (buffers are torch CUDA tensors, so no pycuda is needed)."""
+
+    def __init__(self, engine_bytes: bytes, batch_size: int | None = None,
+                 class_names: dict[int, str] | None = None, device_id: int = 0):
+        import tensorrt as trt
+        import torch
+
+        plan, metadata = _split_ultralytics_engine(engine_bytes)
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._engine = self._runtime.deserialize_cuda_engine(plan)
+        if self._engine is None:
+            raise InputError("the TensorRT engine could not be deserialised (built for another GPU or TensorRT "
+                             "version?): delete it so it is rebuilt from the ONNX model")
+        self._context = self._engine.create_execution_context()
+        self._device = torch.device(f"cuda:{device_id}")
+        self._stream = torch.cuda.Stream(self._device)
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self._input = next(n for n in names if is_input[n])
+        self._outputs = [n for n in names if not is_input[n]]
+        self._dtypes = {n: torch.from_numpy(np.empty(0, trt.nptype(self._engine.get_tensor_dtype(n)))).dtype
+                        for n in names}
+        shape = list(self._engine.get_tensor_shape(self._input))
+        max_shape = list(self._engine.get_tensor_profile_shape(self._input, 0)[2]) if -1 in shape else shape
+        self.dynamic_batch = shape[0] == -1
+        self.dynamic_hw = False  # the profile fixes height and width
+        self.input_shape = (int(max_shape[2]), int(max_shape[3]))
+        self.batch_size = min(batch_size or 4, max_shape[0]) if self.dynamic_batch else shape[0]
+        output_shape = list(self._engine.get_tensor_shape(self._outputs[0]))
+        self.end2end = bool(metadata["end2end"]) if "end2end" in metadata else output_shape[-1] == 6
+        _check_output(output_shape, self.end2end, "the TensorRT engine")
+        self.stride = int(metadata.get("stride", DEFAULT_STRIDE))
+        names_meta = metadata.get("names")
+        self.class_names = class_names or ({int(k): str(v) for k, v in names_meta.items()} if names_meta
+                                           else model_class_names())
+        self.provider = "TensorRT"
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        import torch
+
+        count = batch.shape[0]
+        feed = batch if self.dynamic_batch else _pad_batch(batch, self.batch_size)
+        with torch.cuda.stream(self._stream):
+            tensor = torch.from_numpy(np.ascontiguousarray(feed)).to(self._device, non_blocking=True)
+            tensor = tensor.to(self._dtypes[self._input])
+            self._context.set_input_shape(self._input, tuple(tensor.shape))
+            self._context.set_tensor_address(self._input, tensor.data_ptr())
+            outputs = []
+            for name in self._outputs:
+                out = torch.empty(tuple(self._context.get_tensor_shape(name)), dtype=self._dtypes[name],
+                                  device=self._device)
+                self._context.set_tensor_address(name, out.data_ptr())
+                outputs.append(out)
+            if not self._context.execute_async_v3(self._stream.cuda_stream):
+                raise OperationFailed("TensorRT inference failed (execute_async_v3 returned false)")
+            host = [out[:count].float().cpu() for out in outputs]
+        self._stream.synchronize()
+        return [h.numpy() for h in host]
+
+
+def convert_from_onnx(onnx_bytes: bytes, max_batch: int, imgsz: tuple[int, int]) -> bytes:
+    """Build a TensorRT plan from ONNX: FP16 when the GPU has fast FP16, batch 1..max_batch,
+    workspace up to 90 % of free GPU memory."""
+    import tensorrt as trt
+    import torch
+
+    trt_logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(trt_logger)
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
+    network = builder.create_network(0 if flag is None else 1 << int(flag))
+    parser = trt.OnnxParser(network, trt_logger)
+    if not parser.parse(onnx_bytes):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise InputError(f"TensorRT cannot parse the ONNX model: {errors[:300]}")
+    config = builder.create_builder_config()
+    free, _ = torch.cuda.mem_get_info()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(free * 0.9))
+    if builder.platform_has_fast_fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    tensor = network.get_input(0)
+    height, width = imgsz
+    profile = builder.create_optimization_profile()
+    profile.set_shape(tensor.name, (1, 3, height, width), (max_batch, 3, height, width), (max_batch, 3, height, width))
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise OperationFailed("TensorRT failed to build an engine from the ONNX model (see its log above)")
+    return bytes(plan)
+
+
+def tensorrt_from_onnx(onnx_bytes: bytes, cache_dir: Path, batch_size: int, device_id: int = 0) -> TensorRTEngine:
+    """A TensorRT engine for this ONNX model on this GPU, built once and cached as
+    `<cache_dir>/<model sha256[:16]>/azaion.cc_X.Y_sm_N.engine`."""
+    onnx_engine = OnnxEngine(onnx_bytes, batch_size=batch_size)  # reads names, size and batch from the ONNX
+    max_batch = onnx_engine.batch_size if not onnx_engine.dynamic_batch else batch_size
+    path = cache_dir / hashlib.sha256(onnx_bytes).hexdigest()[:16] / engine_filename(device_id)
+    if path.is_file():
+        log(logger, 20, "reusing cached TensorRT engine", path=str(path))
+    else:
+        log(logger, 20, "building TensorRT engine (minutes, once per GPU)", path=str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, convert_from_onnx(onnx_bytes, max_batch, onnx_engine.input_shape))
+    engine = TensorRTEngine(path.read_bytes(), batch_size=batch_size, class_names=onnx_engine.class_names,
+                            device_id=device_id)
+    engine.stride = onnx_engine.stride
+    return engine

@@ -1,0 +1,488 @@
+"""Detection on frames (`Detector`) and the `azaion infer` runner over a video, an image or
+a directory of images.
+
+Pre- and post-processing follow Ultralytics exactly, so our boxes are the boxes
+`YOLO(model.onnx).predict()` gives: LetterBox (centre padding with 114, its rounding; the
+smallest stride-multiple rectangle when the model's spatial axes are free), BGR->RGB, /255;
+boxes mapped back through the same padding and gain and clipped to the frame. Then the
+spec's overlap cleanup (nms.py) replaces Ultralytics' NMS.
+"""
+
+import json
+import queue
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from azaion_training.errors import InputError, OperationFailed
+from azaion_training.fsutil import atomic_write_text
+from azaion_training.inference.engines import Engine
+from azaion_training.inference.nms import remove_overlaps
+from azaion_training.layout import Layout, is_safe_name
+from azaion_training.logs import get_logger, log
+from azaion_training.settings import Settings
+
+logger = get_logger("inference")
+
+MAX_DETECTIONS = 300  # per frame, as Ultralytics' max_det
+PAD_VALUE = 114
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+ENGINE_KINDS = ("auto", "onnx", "tensorrt")
+
+
+@dataclass(frozen=True)
+class Detection:
+    cls: int
+    conf: float
+    x1: float  # pixel box in the original frame
+    y1: float
+    x2: float
+    y2: float
+    cx: float  # normalised centre and size
+    cy: float
+    w: float
+    h: float
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where a frame lands in the model input: resized to `size` (w, h) at (left, top)."""
+
+    shape: tuple[int, int]  # model input (h, w)
+    size: tuple[int, int]
+    left: int
+    top: int
+
+
+def letterbox_for(frame_shape: tuple[int, int], model_shape: tuple[int, int], rect: bool, stride: int) -> Letterbox:
+    """Ultralytics' LetterBox geometry (data/augment.py), `auto` = rect."""
+    height, width = frame_shape
+    ratio = min(model_shape[0] / height, model_shape[1] / width)
+    new_w, new_h = max(round(width * ratio), 1), max(round(height * ratio), 1)
+    pad_w, pad_h = model_shape[1] - new_w, model_shape[0] - new_h
+    if rect:
+        pad_w, pad_h = pad_w % stride, pad_h % stride
+    left, right = round(pad_w / 2 - 0.1), round(pad_w / 2 + 0.1)
+    top, bottom = round(pad_h / 2 - 0.1), round(pad_h / 2 + 0.1)
+    return Letterbox((new_h + top + bottom, new_w + left + right), (new_w, new_h), left, top)
+
+
+def preprocess(frames: list[np.ndarray], boxes: list[Letterbox]) -> np.ndarray:
+    """BGR uint8 frames -> RGB float32 NCHW in [0, 1], letterboxed; all `boxes` share one shape."""
+    import cv2
+
+    height, width = boxes[0].shape
+    canvas = np.full((len(frames), height, width, 3), PAD_VALUE, dtype=np.uint8)
+    for i, (frame, box) in enumerate(zip(frames, boxes, strict=True)):
+        resized = frame if frame.shape[1::-1] == box.size else cv2.resize(frame, box.size,
+                                                                         interpolation=cv2.INTER_LINEAR)
+        canvas[i, box.top:box.top + box.size[1], box.left:box.left + box.size[0]] = resized
+    blob = np.ascontiguousarray(canvas.transpose(0, 3, 1, 2)[:, ::-1]).astype(np.float32)
+    blob /= 255
+    return blob
+
+
+class Detector:
+    """Runs an engine on any number of BGR frames (batched to the engine's batch size) and
+    returns each frame's detections, best first."""
+
+    def __init__(self, engine: Engine, conf: float, iou: float):
+        self.engine = engine
+        self.conf = conf
+        self.iou = iou
+
+    def detect(self, frames: list[np.ndarray]) -> list[list[Detection]]:
+        boxes = [letterbox_for(f.shape[:2], self.engine.input_shape, self.engine.dynamic_hw, self.engine.stride)
+                 for f in frames]
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for i, box in enumerate(boxes):
+            by_shape.setdefault(box.shape, []).append(i)
+        results: list[list[Detection]] = [[] for _ in frames]
+        step = self.engine.batch_size
+        for indices in by_shape.values():
+            for start in range(0, len(indices), step):
+                chunk = indices[start:start + step]
+                output = self.engine.run(preprocess([frames[i] for i in chunk], [boxes[i] for i in chunk]))[0]
+                for row, i in zip(output, chunk, strict=True):
+                    results[i] = self._detections(row, boxes[i], frames[i].shape[:2])
+        return results
+
+    def _candidates(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """xyxy boxes in model pixels, confidences and class ids above the threshold."""
+        if self.engine.end2end:  # (300, 6): x1, y1, x2, y2, score, class
+            rows = output[output[:, 4] > self.conf]
+            return rows[:, :4].astype(np.float64), rows[:, 4], rows[:, 5].astype(np.int64)
+        scores = output[4:]  # (4 + nc, anchors): cx, cy, w, h, class scores
+        best = scores.max(axis=0)
+        keep = best > self.conf
+        cx, cy, w, h = output[:4, keep].astype(np.float64)
+        xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+        return xyxy, best[keep], scores[:, keep].argmax(axis=0)
+
+    def _detections(self, output: np.ndarray, box: Letterbox, frame_shape: tuple[int, int]) -> list[Detection]:
+        xyxy, confs, classes = self._candidates(output)
+        kept = remove_overlaps(xyxy, confs, classes, self.iou, max_kept=MAX_DETECTIONS)
+        height, width = frame_shape
+        gain_x, gain_y = box.size[0] / width, box.size[1] / height
+        pixels = xyxy[kept]
+        pixels[:, [0, 2]] = ((pixels[:, [0, 2]] - box.left) / gain_x).clip(0, width)
+        pixels[:, [1, 3]] = ((pixels[:, [1, 3]] - box.top) / gain_y).clip(0, height)
+        return [Detection(int(classes[k]), float(confs[k]), float(x1), float(y1), float(x2), float(y2),
+                          (x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height)
+                for k, (x1, y1, x2, y2) in zip(kept, pixels.tolist(), strict=True)]
+
+
+# --- sources -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Frame:
+    index: int
+    image: np.ndarray
+    time_s: float | None = None
+    name: str | None = None  # the file name, for image sources
+
+
+class VideoSource:
+    """Every `every`-th frame of a video, decoded on a reader thread (decoding overlaps
+    inference: both release the GIL)."""
+
+    def __init__(self, path: Path, every: int):
+        import cv2
+
+        self.path, self.every = path, every
+        self._capture = cv2.VideoCapture(str(path))
+        ok, first = self._capture.read() if self._capture.isOpened() else (False, None)
+        if not ok:
+            self._capture.release()
+            raise InputError(f"cannot read video {path}: not a video OpenCV can decode (or empty); "
+                             "pass a video file, an image, or a directory of images")
+        self._first = first
+        self.fps = self._capture.get(cv2.CAP_PROP_FPS) or 25.0
+        self.frame_count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        self.size = (first.shape[1], first.shape[0])
+        self.frames_read = 0
+
+    def __iter__(self) -> Iterator[Frame]:
+        frames: queue.Queue = queue.Queue(maxsize=32)
+        stop = threading.Event()
+        reader = threading.Thread(target=self._read, args=(frames, stop), daemon=True, name="video-reader")
+        reader.start()
+        try:
+            while (item := frames.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while reader.is_alive():  # unblock a reader waiting on a full queue
+                try:
+                    frames.get_nowait()
+                except queue.Empty:
+                    reader.join(0.05)
+            self._capture.release()
+
+    def _read(self, frames: queue.Queue, stop: threading.Event) -> None:
+        try:
+            index, image = 0, self._first
+            while not stop.is_set():
+                if image is not None:
+                    frames.put(Frame(index, image, time_s=index / self.fps))
+                index += 1
+                if index % self.every == 0:
+                    ok, image = self._capture.read()
+                else:
+                    ok, image = self._capture.grab(), None  # skipped frames are never converted
+                if not ok:
+                    break
+            self.frames_read = index
+            frames.put(None)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            frames.put(exc)
+
+
+def image_files(source: Path) -> list[Path]:
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise InputError(f"{source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return files
+    return [source]
+
+
+def is_image_source(source: Path) -> bool:
+    return source.is_dir() or source.suffix.lower() in IMAGE_SUFFIXES
+
+
+# --- outputs -------------------------------------------------------------------------------------------------
+
+
+def detection_record(det: Detection, names: dict[int, str]) -> dict[str, Any]:
+    return {"class_id": det.cls, "class_name": names.get(det.cls, f"Class-{det.cls}"), "conf": round(det.conf, 5),
+            "box": {"cx": round(det.cx, 6), "cy": round(det.cy, 6), "w": round(det.w, 6), "h": round(det.h, 6)},
+            "box_px": {"x1": round(det.x1, 2), "y1": round(det.y1, 2), "x2": round(det.x2, 2),
+                       "y2": round(det.y2, 2)}}
+
+
+def frame_record(frame: Frame, detections: list[Detection], names: dict[int, str]) -> dict[str, Any]:
+    record: dict[str, Any] = {"frame": frame.index, "time_s": None if frame.time_s is None else round(frame.time_s, 4)}
+    if frame.name is not None:
+        record["image"] = frame.name
+    record["detections"] = [detection_record(d, names) for d in detections]
+    return record
+
+
+class Annotator:
+    """Draws boxes and `name conf` labels in the class colours."""
+
+    def __init__(self, names: dict[int, str], colours: dict[int, tuple[int, int, int]]):
+        self.names, self.colours = names, colours
+
+    def draw(self, image: np.ndarray, detections: list[Detection]) -> np.ndarray:
+        import cv2
+
+        thickness = max(1, round(min(image.shape[:2]) / 360))
+        scale = max(0.35, min(image.shape[:2]) / 1200)
+        for det in detections:
+            colour = self.colours.get(det.cls, (128, 128, 128))
+            top_left, bottom_right = (round(det.x1), round(det.y1)), (round(det.x2), round(det.y2))
+            cv2.rectangle(image, top_left, bottom_right, colour, thickness)
+            label = f"{self.names.get(det.cls, det.cls)} {det.conf:.2f}"
+            cv2.putText(image, label, (top_left[0], max(top_left[1] - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                        colour, max(1, thickness - 1), cv2.LINE_AA)
+        return image
+
+
+class Progress:
+    """A rich bar on a terminal, a JSON progress log line every few seconds otherwise."""
+
+    def __init__(self, total: int | None, what: str, interval_s: float = 5.0):
+        self.total, self.what, self.interval_s = total, what, interval_s
+        self.done, self._last_log = 0, time.monotonic()
+        self._bar = None
+        if sys.stdout.isatty():
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(transient=True)
+            self._task = self._bar.add_task(what, total=total)
+            self._bar.start()
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done)
+        elif time.monotonic() - self._last_log >= self.interval_s:
+            self._last_log = time.monotonic()
+            log(logger, 20, f"{self.what}: progress", done=self.done, total=self.total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+# --- the runner ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InferenceSummary:
+    source: str
+    model: str
+    engine: str
+    frames_total: int  # frames in the video / images given
+    frames_processed: int
+    detections: int
+    per_class: dict[str, int]
+    fps: float  # processed frames per second, reading to writing
+    elapsed_s: float
+    every: int
+    batch: int
+    conf: float
+    iou: float
+    outputs: dict[str, str] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """What one run accumulates while it goes."""
+
+    detector: Detector
+    annotator: Annotator
+    jsonl: Any
+    counts: Counter = field(default_factory=Counter)
+    processed: int = 0
+
+    def record(self, frames: list[Frame]) -> list[list[Detection]]:
+        results = self.detector.detect([f.image for f in frames])
+        names = self.detector.engine.class_names
+        for frame, detections in zip(frames, results, strict=True):
+            self.jsonl.write(json.dumps(frame_record(frame, detections, names), ensure_ascii=False) + "\n")
+            self.counts.update(names.get(d.cls, f"Class-{d.cls}") for d in detections)
+        self.processed += len(frames)
+        return results
+
+
+def model_bytes(settings: Settings, model: str | Path, target: str | None) -> tuple[bytes, str]:
+    """(bytes, label) of a model file, or of a published model fetched and decrypted in memory."""
+    path = Path(model)
+    if path.is_file():
+        return path.read_bytes(), str(path)
+    text = str(model)
+    if "/" in text or not is_safe_name(text):
+        raise InputError(f"model {text!r} is not an existing file, nor a published model name "
+                         "([A-Za-z0-9._-]): pass an .onnx path or a name published with `azaion publish`")
+    from azaion_training.distribution.fetch import fetch_model_bytes
+
+    fetched = fetch_model_bytes(settings, text, **({"target": target} if target else {}))
+    return fetched, f"{text} (fetched, decrypted in memory)"
+
+
+def load_engine(settings: Settings, data: bytes, label: str, batch: int, kind: str = "auto") -> Engine:
+    """ONNX Runtime, or TensorRT (built from the ONNX once per GPU and cached) on a GPU."""
+    from azaion_training.inference import engines
+
+    if kind not in ENGINE_KINDS:
+        raise InputError(f"engine {kind!r} is not one of {', '.join(ENGINE_KINDS)}")
+    is_plan = label.split(" ")[0].endswith(".engine")
+    wants_trt = kind == "tensorrt" or is_plan or (kind == "auto" and engines.tensorrt_available())
+    if wants_trt and not engines.tensorrt_available():
+        raise InputError("TensorRT needs an NVIDIA GPU and the tensorrt package; use --engine onnx "
+                         "(and an .onnx model) on this machine")
+    if is_plan:
+        return engines.TensorRTEngine(data, batch_size=batch)
+    if wants_trt:
+        return engines.tensorrt_from_onnx(data, Layout(settings.paths).models / "engines", batch)
+    return engines.OnnxEngine(data, threads=settings.inference.threads, batch_size=batch)
+
+
+def _colours(settings: Settings) -> dict[int, tuple[int, int, int]]:
+    from azaion_training.classes import load_classes
+
+    classes_json = Layout(settings.paths).classes_json
+    return {cid: c.bgr for cid, c in load_classes(classes_json if classes_json.is_file() else None).items()}
+
+
+def _batches(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
+    batch: list[Frame] = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _run_video(run: _Run, source: Path, every: int, batch: int, out: Path, write_video: bool) -> dict[str, Any]:
+    import cv2
+
+    video = VideoSource(source, every)
+    writer, outputs = None, {}
+    if write_video:
+        outputs["video"] = str(out / f"{source.stem}.annotated.mp4")
+        writer = cv2.VideoWriter(outputs["video"], cv2.VideoWriter_fourcc(*"mp4v"), video.fps / every, video.size)
+        if not writer.isOpened():
+            raise OperationFailed(f"cannot write {outputs['video']} (OpenCV has no mp4v encoder here?); "
+                                  "run with --no-video")
+    expected = -(-video.frame_count // every) if video.frame_count else None
+    progress = Progress(expected, f"infer {source.name}")
+    try:
+        for frames in _batches(iter(video), batch):
+            results = run.record(frames)
+            if writer is not None:
+                for frame, detections in zip(frames, results, strict=True):
+                    writer.write(run.annotator.draw(frame.image, detections))
+            progress.advance(len(frames))
+    finally:
+        progress.close()
+        if writer is not None:
+            writer.release()
+    return {"frames_total": video.frames_read, "outputs": outputs, "unreadable": []}
+
+
+def _read_images(files: list[Path], unreadable: list[str]) -> Iterator[Frame]:
+    import cv2
+
+    for index, path in enumerate(files):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            log(logger, 30, "unreadable image skipped", image=str(path))
+            unreadable.append(str(path))
+            continue
+        yield Frame(index, image, name=path.name)
+
+
+def _run_images(run: _Run, source: Path, batch: int, out: Path, write_images: bool) -> dict[str, Any]:
+    import cv2
+
+    files = image_files(source)
+    images_dir = out / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    unreadable: list[str] = []
+    progress = Progress(len(files), f"infer {source.name}")
+    try:
+        for frames in _batches(_read_images(files, unreadable), batch):
+            results = run.record(frames)
+            if write_images:
+                for frame, detections in zip(frames, results, strict=True):
+                    cv2.imwrite(str(images_dir / frame.name), run.annotator.draw(frame.image, detections))
+            progress.advance(len(frames))
+    finally:
+        progress.close()
+    if not source.is_dir() and unreadable:
+        raise InputError(f"cannot read image {source}: not an image OpenCV can decode")
+    return {"frames_total": len(files), "outputs": {"images": str(images_dir)} if write_images else {},
+            "unreadable": unreadable}
+
+
+def run_inference(settings: Settings, source: Path, model: str | Path, out: Path, every: int | None = None,
+                  batch: int | None = None, conf: float | None = None, iou: float | None = None,
+                  write_video: bool = True, target: str | None = None, engine: str = "auto") -> InferenceSummary:
+    """Detect on a video (every `every`-th frame), an image or a directory of images; write
+    detections.jsonl, an annotated MP4 (or annotated images) and summary.json under `out`."""
+    defaults = settings.inference
+    every = defaults.every if every is None else every
+    batch = defaults.batch if batch is None else batch
+    conf = defaults.conf if conf is None else conf
+    iou = defaults.iou if iou is None else iou
+    for name, value, low in (("every", every, 1), ("batch", batch, 1)):
+        if value < low:
+            raise InputError(f"--{name} must be at least {low}, got {value}")
+    for name, value in (("conf", conf), ("iou", iou)):
+        if not 0 <= value <= 1:
+            raise InputError(f"--{name} must be between 0 and 1, got {value}")
+    source = Path(source)
+    if not source.exists():
+        raise InputError(f"source {source} does not exist: pass a video file, an image, or a directory of images")
+    data, label = model_bytes(settings, model, target)
+    detector = Detector(load_engine(settings, data, label, batch, engine), conf, iou)
+    del data
+    batch = detector.engine.batch_size  # a fixed-batch model wins
+    out.mkdir(parents=True, exist_ok=True)
+    jsonl_path = out / "detections.jsonl"
+    started = time.perf_counter()
+    with open(jsonl_path, "w", encoding="utf-8") as jsonl:
+        run = _Run(detector, Annotator(detector.engine.class_names, _colours(settings)), jsonl)
+        if is_image_source(source):
+            result = _run_images(run, source, batch, out, write_video)
+        else:
+            result = _run_video(run, source, every, batch, out, write_video)
+    elapsed = time.perf_counter() - started
+    summary = InferenceSummary(
+        source=str(source), model=label, engine=detector.engine.provider, frames_total=result["frames_total"],
+        frames_processed=run.processed, detections=sum(run.counts.values()), per_class=dict(run.counts.most_common()),
+        fps=round(run.processed / elapsed, 2) if elapsed > 0 else 0.0, elapsed_s=round(elapsed, 3),
+        every=every if not is_image_source(source) else 1, batch=batch, conf=conf, iou=iou,
+        outputs={"detections": str(jsonl_path), **result["outputs"], "summary": str(out / "summary.json")},
+        unreadable=result["unreadable"])
+    atomic_write_text(out / "summary.json", json.dumps(asdict(summary), indent=2, ensure_ascii=False) + "\n")
+    log(logger, 20, "inference done", frames=summary.frames_processed, detections=summary.detections,
+        fps=summary.fps, out=str(out))
+    return summary

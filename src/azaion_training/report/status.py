@@ -1,0 +1,180 @@
+"""`azaion status`: one read-only look at the whole tree for operators -- what is in each
+area, the classes in data/, where the consumer is in the stream, the latest dataset, model
+and publish. Everything here tolerates a fresh (empty) tree."""
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from azaion_training.annotation_index import AnnotationIndex
+from azaion_training.classes import load_classes
+from azaion_training.labels import LabelError, parse_line
+from azaion_training.layout import Area, Layout
+from azaion_training.report.plots import read_results_csv
+from azaion_training.settings import Settings
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+RESULT_METRICS = {"mAP50": "metrics/mAP50(B)", "mAP50-95": "metrics/mAP50-95(B)",
+                  "precision": "metrics/precision(B)", "recall": "metrics/recall(B)"}
+
+
+def _count_files(directory: Path, suffixes: set[str] | None = None) -> int:
+    if not directory.is_dir():
+        return 0
+    return sum(1 for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")
+               and (suffixes is None or p.suffix.lower() in suffixes))
+
+
+def area_counts(area: Area) -> dict[str, int]:
+    return {"images": _count_files(area.images, IMAGE_SUFFIXES), "labels": _count_files(area.labels, {".txt"})}
+
+
+def class_histogram(labels_dir: Path, names: dict[int, str]) -> dict[str, int]:
+    """Boxes per class name over every label file in `labels_dir` (unparsable lines are skipped:
+    dataset formation quarantines them)."""
+    counts: Counter = Counter()
+    if labels_dir.is_dir():
+        for label in labels_dir.glob("*.txt"):
+            for line in label.read_text(encoding="utf-8", errors="replace").splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    counts[parse_line(line).cls] += 1
+                except LabelError:
+                    continue
+    return {names.get(cls, f"Class-{cls}"): count for cls, count in sorted(counts.items())}
+
+
+def rejected_reasons(rejected_dir: Path) -> dict[str, int]:
+    reasons: Counter = Counter()
+    if rejected_dir.is_dir():
+        for record in rejected_dir.glob("*.json"):
+            try:
+                reasons[str(json.loads(record.read_text(encoding="utf-8")).get("reason", "unknown"))] += 1
+            except (ValueError, AttributeError, OSError):
+                reasons["unreadable-record"] += 1
+    return dict(reasons)
+
+
+def corrupted_reasons(corrupted_root: Path) -> dict[str, int]:
+    """First line of each `<stem>.reason.txt` in data-corrupted/, counted."""
+    reasons: Counter = Counter()
+    for record in corrupted_root.rglob("*.reason.txt") if corrupted_root.is_dir() else ():
+        first = record.read_text(encoding="utf-8", errors="replace").strip().splitlines()[:1]
+        reasons[(first[0] if first else "unknown")[:100]] += 1
+    return dict(reasons)
+
+
+def queue_position(layout: Layout) -> dict[str, Any]:
+    position: dict[str, Any] = {"stream": None, "offset": None, "offset_updated_at": None,
+                                "last_message_time": None, "index_last_offset": None, "index_areas": {}}
+    if layout.offset_file.is_file():
+        try:
+            data = yaml.safe_load(layout.offset_file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            data = {}
+        if isinstance(data, dict):
+            position.update(stream=data.get("stream"), offset=data.get("offset"),
+                            offset_updated_at=data.get("updated_at"))
+    if layout.index_db.is_file():
+        index = AnnotationIndex(layout.index_db, readonly=True)
+        try:
+            position["last_message_time"] = index.get_meta("last_message_time")
+            last = index.get_meta("last_offset")
+            position["index_last_offset"] = int(last) if last is not None else None
+            position["index_areas"] = index.area_counts()
+        finally:
+            index.close()
+    return position
+
+
+def _newest(directories: list[Path]) -> Path | None:
+    return max(directories, key=lambda p: (p.stat().st_mtime, p.name), default=None)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def latest_dataset(layout: Layout) -> dict[str, Any] | None:
+    newest = _newest([d for d in layout.datasets.glob("*") if (d / "data.yaml").is_file()]) \
+        if layout.datasets.is_dir() else None
+    if newest is None:
+        return None
+    splits = {split: _count_files(newest / split / "images", IMAGE_SUFFIXES) for split in ("train", "valid", "test")}
+    manifest = _read_json(newest / "manifest.json") or {}
+    return {"name": newest.name, "path": str(newest), "images": splits,
+            "created": manifest.get("created_at") or manifest.get("created"), "seed": manifest.get("seed")}
+
+
+def run_metrics(run_dir: Path) -> dict[str, Any]:
+    """Final and best validation metrics from an Ultralytics run's results.csv."""
+    results_csv = run_dir / "results.csv"
+    if not results_csv.is_file():
+        return {}
+    results = read_results_csv(results_csv)
+    epochs = results.get("epoch", [])
+    if not epochs:
+        return {}
+    metrics: dict[str, Any] = {"epochs": int(epochs[-1])}
+    for key, column in RESULT_METRICS.items():
+        if column in results:
+            metrics[key] = round(results[column][-1], 4)
+    if RESULT_METRICS["mAP50"] in results:
+        metrics["best_mAP50"] = round(max(results[RESULT_METRICS["mAP50"]]), 4)
+    return metrics
+
+
+def training_runs(layout: Layout) -> list[Path]:
+    if not layout.models.is_dir():
+        return []
+    return [d for d in layout.models.iterdir() if d.is_dir() and (d / "results.csv").is_file()]
+
+
+def latest_model(layout: Layout) -> dict[str, Any] | None:
+    newest = _newest(training_runs(layout))
+    current = {"pt": layout.current_pt.is_file(), "onnx": layout.current_onnx.is_file()}
+    if newest is None:
+        return {"run": None, "current": current} if any(current.values()) else None
+    return {"run": newest.name, "path": str(newest), "metrics": run_metrics(newest), "current": current}
+
+
+def last_publish(layout: Layout) -> dict[str, Any] | None:
+    """The newest publish manifest under models/ (written by `azaion publish`)."""
+    if not layout.models.is_dir():
+        return None
+    manifests = [p for p in layout.models.rglob("*.json") if "manifest" in p.name and "publish" in str(p)]
+    newest = max(manifests, key=lambda p: p.stat().st_mtime, default=None)
+    if newest is None:
+        return None
+    data = _read_json(newest) or {}
+    keep = ("name", "folder", "source_file", "source_run", "created")
+    plaintext = data.get("plaintext") if isinstance(data.get("plaintext"), dict) else {}
+    return {"manifest": str(newest), **{k: data[k] for k in keep if k in data},
+            "size": plaintext.get("size"), "sha256": plaintext.get("sha256")}
+
+
+def collect_status(settings: Settings) -> dict[str, Any]:
+    layout = Layout(settings.paths)
+    names = {cls: c.name for cls, c in load_classes(layout.classes_json).items()}
+    areas = {name: area_counts(area) for name, area in layout.areas().items()}
+    return {
+        "root": str(layout.root),
+        "initialised": layout.root.is_dir(),
+        "areas": areas,
+        "rejected": {"messages": _count_files(layout.rejected, {".json"}),
+                     "reasons": rejected_reasons(layout.rejected)},
+        "corrupted_reasons": corrupted_reasons(layout.corrupted.root),
+        "data_classes": class_histogram(layout.data.labels, names),
+        "queue": queue_position(layout),
+        "latest_dataset": latest_dataset(layout),
+        "latest_model": latest_model(layout),
+        "last_publish": last_publish(layout),
+    }
