@@ -17,7 +17,7 @@ COPY requirements.txt requirements-dev.txt requirements-queue.txt ./
 RUN pip install -r requirements-dev.txt
 
 COPY --chown=1000:1000 . .
-RUN pip install --no-deps -e .
+RUN pip install --no-deps -e . && chown 1000:1000 /repo
 
 USER 1000
 CMD ["python", "-m", "pytest", "-q"]

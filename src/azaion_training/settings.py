@@ -79,6 +79,7 @@ class TrainingSettings(_Section):
     save_period: int = Field(1, ge=-1)
     workers: int = Field(24, ge=0)
     device: str = ""  # "" = Ultralytics' choice (first GPU, else CPU); "cpu", "0", "0,1"
+    plots: bool = True  # Ultralytics' training plots (PR curves, confusion matrix, sample batches)
 
     @field_validator("imgsz")
     @classmethod
@@ -153,6 +154,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "TRAINING_SAVE_PERIOD": ("training", "save_period"),
     "TRAINING_WORKERS": ("training", "workers"),
     "TRAINING_DEVICE": ("training", "device"),
+    "TRAINING_PLOTS": ("training", "plots"),
     "EXPORT_ONNX_IMGSZ": ("export", "onnx_imgsz"),
     "EXPORT_MAX_BATCH": ("export", "max_batch"),
     "MODEL_ENCRYPTION_KEY": ("security", "model_encryption_key"),

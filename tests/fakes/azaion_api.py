@@ -99,8 +99,8 @@ class FakeAzaionApi:
     def issue_token(self, email: str) -> str:
         now = time.time()
         header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-        claims = _b64url(json.dumps({"unique_name": email, "role": "ResourceUploader", "iat": now, "gen": self._generation,
-                                     "exp": now + self.token_ttl_s}).encode())
+        claims = _b64url(json.dumps({"unique_name": email, "role": "ResourceUploader", "iat": now,
+                                     "gen": self._generation, "exp": now + self.token_ttl_s}).encode())
         signature = hmac.new(self._signing_key, f"{header}.{claims}".encode(), hashlib.sha256).digest()
         token = f"{header}.{claims}.{_b64url(signature)}"
         self.issued_tokens.append(token)

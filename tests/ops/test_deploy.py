@@ -92,7 +92,8 @@ def test_compose_config_is_valid_and_complete(compose, compose_env_file, tmp_pat
     assert minio_init["CDN_BUCKET"] == "models"
 
     queue = services["annotation-queue"]
-    assert queue["environment"]["RABBITMQ_HOST"] == "rabbitmq" and queue["environment"]["RABBITMQ_PASSWORD"] == "receiver-pw"
+    assert queue["environment"]["RABBITMQ_HOST"] == "rabbitmq"
+    assert queue["environment"]["RABBITMQ_PASSWORD"] == "receiver-pw"
     assert queue["stop_grace_period"] == "30s" and queue["restart"] == "on-failure"
     assert queue["build"]["dockerfile"] == "deploy/annotation-queue.Dockerfile"
 
@@ -269,6 +270,7 @@ def test_training_unit_never_restarts():
     service = unit("azaion-train.service")
     assert service["ExecStart"].split()[1] == "train" and service["Restart"] == "no"
     assert service["KillSignal"] == "SIGTERM" and int(service["TimeoutStopSec"]) >= 300
+    assert service["SuccessExitStatus"] == "143"  # `azaion train` exits 143 after its SIGTERM checkpoint
 
 
 def test_health_timer_runs_the_health_unit():

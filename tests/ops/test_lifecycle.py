@@ -9,6 +9,7 @@ import time
 import uuid
 
 from tests.conftest import AZAION_BIN, run_azaion
+from tests.ops.conftest import lock_held_by_another_process
 
 
 def wait_for(condition, timeout_s: float, what: str) -> None:
@@ -43,3 +44,11 @@ def test_second_consumer_refuses_and_sigterm_stops_the_first(rabbit, root, layou
     # The lock went with the process: a new consumer may start.
     after = run_azaion("queue", "consume", "--exit-when-idle", "0.5", env=env, timeout=60)
     assert after.returncode == 0, after.stderr
+
+
+def test_second_training_refuses_while_one_runs(root, layout):
+    with lock_held_by_another_process(layout.lock_file("training"), "training run") as running:
+        result = run_azaion("train", "--resume", env={"AZAION_ROOT_DIR": str(root)}, timeout=120)
+    assert result.returncode == 1
+    assert f"another training run is already running on this root (pid {running.pid}" in result.stderr
+    assert "Traceback" not in result.stderr

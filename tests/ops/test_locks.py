@@ -3,35 +3,18 @@ SIGKILLed holder never blocks, because the kernel drops an flock with its proces
 
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
 from azaion_training.errors import OperationFailed
 from azaion_training.locks import InstanceLock
-
-HOLDER = textwrap.dedent("""
-    import sys, time
-    from pathlib import Path
-    from azaion_training.locks import InstanceLock
-    lock = InstanceLock(Path(sys.argv[1]), "annotation consumer").acquire()
-    print("holding", flush=True)
-    time.sleep(120)
-""")
+from tests.ops.conftest import lock_held_by_another_process
 
 
 @pytest.fixture
 def holder(layout):
-    """Another process that holds the consumer lock until it is killed."""
-    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(layout.lock_file("consumer"))],
-                               stdout=subprocess.PIPE, text=True)
-    assert process.stdout.readline().strip() == "holding"
-    yield process
-    if process.poll() is None:
-        process.kill()
-    process.wait(timeout=10)
+    with lock_held_by_another_process(layout.lock_file("consumer"), "annotation consumer") as process:
+        yield process
 
 
 def test_second_process_is_refused_with_the_holders_pid(layout, holder):

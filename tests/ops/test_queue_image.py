@@ -49,7 +49,8 @@ def test_blocker_really_blocks():
 
 
 def test_queue_modules_and_cli_import_without_heavy_packages():
-    queue_modules = [f"azaion_training.queue.{info.name}" for info in pkgutil.iter_modules(azaion_training.queue.__path__)]
+    package = azaion_training.queue
+    queue_modules = [f"{package.__name__}.{info.name}" for info in pkgutil.iter_modules(package.__path__)]
     assert "azaion_training.queue.cli" in queue_modules
     result = import_without_left_out_packages([*queue_modules, "azaion_training.cli", "azaion_training.ops.health"])
     assert result.returncode == 0, result.stderr

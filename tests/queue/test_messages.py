@@ -129,3 +129,13 @@ def test_image_format_recognises_real_formats():
     assert image_format(cv2.imencode(".jpg", picture)[1].tobytes()) == ("jpeg", 30, 20)
     assert image_format(cv2.imencode(".bmp", picture)[1].tobytes())[0] == "bmp"
     assert image_format(b"GIF89a....") is None
+
+
+def test_queue_package_imports_without_heavy_libraries():
+    import subprocess
+    import sys
+
+    code = ("import sys, azaion_training.queue.cli, azaion_training.queue.consumer, azaion_training.queue.handler;"
+            "print(sorted(m for m in ('cv2', 'torch', 'ultralytics', 'numpy', 'PIL') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

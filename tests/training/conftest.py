@@ -29,7 +29,7 @@ def make_root(base: Path, synthetic_dataset: Path) -> Path:
 def tiny_env(root: Path, **extra: str) -> dict[str, str]:
     return {"AZAION_ROOT_DIR": str(root), "TRAINING_MODEL": "yolo26n.yaml", "TRAINING_WORKERS": "0",
             "TRAINING_DEVICE": "cpu", "TRAINING_IMGSZ": "64", "TRAINING_BATCH_SIZE": "8",
-            "EXPORT_ONNX_IMGSZ": "64", **extra}
+            "EXPORT_ONNX_IMGSZ": "64", "TRAINING_PLOTS": "false", "COLUMNS": "160", **extra}
 
 
 @pytest.fixture(scope="module")

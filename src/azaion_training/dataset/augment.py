@@ -58,7 +58,7 @@ class AugmentJob:
 
     @classmethod
     def from_checked(cls, checked: CheckedPair, min_area: float) -> "AugmentJob":
-        return cls(checked.pair.name, checked.pair.image, checked.pair.label,
+        return cls(checked.pair.name, Path(checked.pair.image), Path(checked.pair.label),
                    cache_key(checked.image_sha256, checked.label_sha256, min_area))
 
 

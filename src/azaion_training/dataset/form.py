@@ -9,10 +9,12 @@ data.yaml is written last: a dataset without it is incomplete and never picked a
 
 import json
 import logging
+import os
 import re
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -23,7 +25,7 @@ from azaion_training.annotation_index import read_source_media
 from azaion_training.classes import MODEL_SLOTS, model_class_names
 from azaion_training.dataset.augment import AugmentJob, run_jobs
 from azaion_training.dataset.progress import Progress
-from azaion_training.dataset.sources import BadPair, CheckedPair, check_pairs, scan_pairs
+from azaion_training.dataset.sources import THREADS, BadPair, CheckedPair, check_pairs, in_chunks, scan_pairs
 from azaion_training.dataset.split import SPLITS, SplitItem, assign_splits
 from azaion_training.errors import InputError
 from azaion_training.fsutil import atomic_write_text, durable_move, link_or_copy
@@ -112,9 +114,9 @@ def quarantine(layout: Layout, bad: BadPair) -> str:
                       f"{bad.reason}\nimage: {bad.pair.image}\nlabel: {bad.pair.label}\n"
                       f"quarantined: {datetime.now().isoformat(timespec='seconds')}\n")
     if bad.pair.image is not None:
-        durable_move(bad.pair.image, area.images / f"{stem}{bad.pair.image.suffix}")
+        durable_move(Path(bad.pair.image), area.images / f"{stem}{os.path.splitext(bad.pair.image)[1]}")
     if bad.pair.label is not None:
-        durable_move(bad.pair.label, area.labels / f"{stem}.txt")
+        durable_move(Path(bad.pair.label), area.labels / f"{stem}.txt")
     log(logger, logging.WARNING, "annotation quarantined", name=bad.pair.name, reason=bad.reason,
         to=str(area.root))
     return stem
@@ -139,18 +141,18 @@ def _check_arguments(split: Sequence[int], link: str) -> None:
         raise InputError(f"split {split} must be three non-negative shares with a non-zero train share, like 70/20/10")
 
 
-def _dataset_files(checked: CheckedPair, split: str, augmented: dict, processed: Path) -> list[tuple]:
+def _dataset_files(checked: CheckedPair, split: str, augmented: dict, processed: str) -> list[tuple]:
     """(source path, dataset path, sha256, kind) of every file this annotation contributes."""
     pair = checked.pair
     if split == "train" and pair.name in augmented:
         files = []
         for variant in augmented[pair.name]:
-            files.append((processed / "images" / variant.image, f"train/images/{variant.image}",
+            files.append((f"{processed}/images/{variant.image}", f"train/images/{variant.image}",
                           variant.image_sha256, "image"))
-            files.append((processed / "labels" / variant.label, f"train/labels/{variant.label}",
+            files.append((f"{processed}/labels/{variant.label}", f"train/labels/{variant.label}",
                           variant.label_sha256, "label"))
         return files
-    return [(pair.image, f"{split}/images/{pair.image.name}", checked.image_sha256, "image"),
+    return [(pair.image, f"{split}/images/{os.path.basename(pair.image)}", checked.image_sha256, "image"),
             (pair.label, f"{split}/labels/{pair.name}.txt", checked.label_sha256, "label")]
 
 
@@ -220,25 +222,32 @@ def form_dataset(settings: Settings, name: str | None = None, seed: int = 0, spl
     return result
 
 
+def _place(plan: Sequence[tuple[str, str]], link: str) -> Counter:
+    return Counter(link_or_copy(source, target, link) for source, target in plan)
+
+
 def _link_files(dataset: Path, good: list[CheckedPair], assignment: dict[str, str], media_of: dict[str, str],
                 augmented: dict, layout: Layout, link: str, progress: bool):
     files = []
+    plan = []
     histogram = {s: Counter() for s in SPLITS}
     counts = dict.fromkeys(SPLITS, 0)
     sources = dict.fromkeys(SPLITS, 0)
+    for checked in good:
+        name = checked.pair.name
+        split = assignment[name]
+        sources[split] += 1
+        histogram[split].update(checked.classes)
+        for source, relative, sha256, kind in _dataset_files(checked, split, augmented, str(layout.processed.root)):
+            plan.append((source, f"{dataset}/{relative}"))
+            counts[split] += kind == "image"
+            files.append({"path": relative, "split": split, "sha256": sha256, "annotation": name,
+                          "source_media": media_of[name]})
     methods = Counter()
-    with Progress("linking files", len(good), progress) as bar:
-        for checked in good:
-            name = checked.pair.name
-            split = assignment[name]
-            sources[split] += 1
-            histogram[split].update(checked.classes)
-            for source, relative, sha256, kind in _dataset_files(checked, split, augmented, layout.processed.root):
-                methods[link_or_copy(source, dataset / relative, link)] += 1
-                counts[split] += kind == "image"
-                files.append({"path": relative, "split": split, "sha256": sha256, "annotation": name,
-                              "source_media": media_of[name]})
-            bar.advance()
+    with Progress("linking files", len(plan), progress) as bar, ThreadPoolExecutor(THREADS) as pool:
+        for chunk, used in zip(chunks := in_chunks(plan), pool.map(lambda c: _place(c, link), chunks), strict=True):
+            methods.update(used)
+            bar.advance(len(chunk))
     method = methods.most_common(1)[0][0] if methods else link
     if len(methods) > 1:
         method = "+".join(sorted(methods))

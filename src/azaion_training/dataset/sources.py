@@ -26,14 +26,15 @@ JPEG_END = b"\xff\xd9"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # A half-written pair (the consumer is storing it right now) is left alone for this long.
 FRESH_S = 120.0
-CHECK_THREADS = 8  # reads and hashing release the GIL; threads overlap the per-file I/O
+THREADS = 8  # reads, hashing and links release the GIL: threads overlap the per-file I/O
+CHUNK = 256
 
 
 @dataclass(frozen=True)
 class Pair:
     name: str
-    image: Path | None
-    label: Path | None
+    image: str | None  # plain strings: pathlib costs seconds per 100,000 files
+    label: str | None
 
 
 @dataclass(frozen=True)
@@ -84,28 +85,29 @@ def _visible_files(directory: Path) -> list[os.DirEntry]:
         return [e for e in entries if not e.name.startswith((".", TEMP_PREFIX)) and e.is_file()]
 
 
-def scan_pairs(area: Area) -> tuple[list[Pair], list[BadPair], list[Path]]:
+def scan_pairs(area: Area) -> tuple[list[Pair], list[BadPair], list[str]]:
     """(pairs, bad, fresh): every name in `area`, sorted; `bad` holds duplicates and orphans
     (image without label or label without image), `fresh` the orphans young enough to be
     still in the middle of being written (left alone)."""
-    images: dict[str, list[Path]] = {}
+    images: dict[str, list[str]] = {}
     for entry in _visible_files(area.images):
-        images.setdefault(os.path.splitext(entry.name)[0], []).append(Path(entry.path))
-    labels = {e.name[:-4]: Path(e.path) for e in _visible_files(area.labels) if e.name.endswith(".txt")}
+        images.setdefault(os.path.splitext(entry.name)[0], []).append(entry.path)
+    labels = {e.name[:-4]: e.path for e in _visible_files(area.labels) if e.name.endswith(".txt")}
     pairs: list[Pair] = []
     bad: list[BadPair] = []
-    fresh: list[Path] = []
+    fresh: list[str] = []
     now = time.time()
     for name in sorted(images.keys() | labels.keys()):
         found = sorted(images.get(name, []))
         for extra in found[1:]:
-            bad.append(BadPair(Pair(name, extra, None), f"second image for the same name (kept {found[0].name})"))
+            kept = os.path.basename(found[0])
+            bad.append(BadPair(Pair(name, extra, None), f"second image for the same name (kept {kept})"))
         image, label = (found[0] if found else None), labels.get(name)
         if image and label:
             pairs.append(Pair(name, image, label))
             continue
         present = image or label
-        if now - present.stat().st_mtime < FRESH_S:
+        if now - os.stat(present).st_mtime < FRESH_S:
             fresh.append(present)
         else:
             bad.append(BadPair(Pair(name, image, label), "image has no label file" if image else "label has no image"))
@@ -114,11 +116,11 @@ def scan_pairs(area: Area) -> tuple[list[Pair], list[BadPair], list[Path]]:
 
 def check_pair(pair: Pair) -> CheckedPair | BadPair:
     try:
-        image_bytes = pair.image.read_bytes()
-        label_bytes = pair.label.read_bytes()
+        with open(pair.image, "rb") as image, open(pair.label, "rb") as label:
+            image_bytes, label_bytes = image.read(), label.read()
     except OSError as exc:
         return BadPair(pair, f"cannot be read: {exc.strerror or exc}")
-    problem = image_problem(image_bytes, pair.image.suffix)
+    problem = image_problem(image_bytes, os.path.splitext(pair.image)[1])
     if problem:
         return BadPair(pair, problem)
     try:
@@ -131,17 +133,19 @@ def check_pair(pair: Pair) -> CheckedPair | BadPair:
                        tuple(box.cls for box in boxes))
 
 
+def in_chunks(items: Sequence, size: int = CHUNK) -> list[Sequence]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
 def check_pairs(pairs: Sequence[Pair], progress: bool = True) -> tuple[list[CheckedPair], list[BadPair]]:
-    """Check and hash every pair (threads), in input order."""
+    """Check and hash every pair (threads, in chunks: one future per file costs more than the
+    check itself), in input order."""
     good: list[CheckedPair] = []
     bad: list[BadPair] = []
-    with Progress("checking annotations", len(pairs), progress) as bar, ThreadPoolExecutor(CHECK_THREADS) as pool:
-        for result in pool.map(check_pair, pairs, chunksize=64):
-            (good if isinstance(result, CheckedPair) else bad).append(result)
-            bar.advance()
+    with Progress("checking annotations", len(pairs), progress) as bar, ThreadPoolExecutor(THREADS) as pool:
+        for results in pool.map(lambda chunk: [check_pair(p) for p in chunk], in_chunks(pairs)):
+            for result in results:
+                (good if isinstance(result, CheckedPair) else bad).append(result)
+            bar.advance(len(results))
     return good, bad
 
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()

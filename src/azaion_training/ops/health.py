@@ -207,7 +207,8 @@ def check_progress(settings: Settings, options: HealthOptions, now: datetime) ->
         atomic_write_text(previous_file, yaml.safe_dump(
             {"stream": current.stream, "offset": current.offset, "updated_at": now.isoformat()}, sort_keys=False))
     committed = current.offset if current else None
-    data: dict[str, Any] = {"stream": stream, "offset": committed, "previous_offset": previous.offset if previous else None}
+    data: dict[str, Any] = {"stream": stream, "offset": committed,
+                            "previous_offset": previous.offset if previous else None}
     if current is not None:
         if previous is not None and current.offset > previous.offset:
             return CheckResult("progress", "ok", f"offset advanced {previous.offset} -> {current.offset}", data)

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from rstream import Consumer, ConsumerOffsetSpecification, MessageContext, OffsetType
+from rstream import connection as rstream_connection
 from rstream import exceptions as rstream_errors
 from rstream.recovery import BackOffRecoveryStrategy
 
@@ -31,6 +32,9 @@ logger = get_logger("queue")
 COMMIT_INTERVAL_S = 0.2
 STREAM_POLL_S = 2.0
 CLOSE_TIMEOUT_S = 2.0
+# rstream reads the socket 256 bytes at a time: a 300 KB annotation costs >1000 Python-level
+# reads. 1 MiB reads make consuming several times faster (process-wide; producers benefit too).
+rstream_connection.CHUNK_SIZE = max(rstream_connection.CHUNK_SIZE, 1 << 20)
 AUTH_ERRORS = (rstream_errors.AuthenticationFailure, rstream_errors.SASLAuthenticationFailureLoopback,
                rstream_errors.VirtualHostAccessFailure, rstream_errors.AccessRefused)
 

@@ -8,6 +8,8 @@ place at once (never visible half-written) and made durable together in `commit(
 then commits the index and only then records the offset (group commit).
 """
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -37,6 +39,7 @@ from azaion_training.settings import Settings
 
 logger = get_logger("queue")
 COMMIT_EVERY = 256  # messages per group commit (the consumer also commits on a timer)
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if os.name == "posix" else None
 
 
 def now_iso() -> str:
@@ -146,31 +149,29 @@ class AnnotationHandler:
         self.counts.by_status[message.status.name] += 1
         return "applied"
 
-    def _already_applied(self, name: str, offset: int) -> bool:
-        entry = self.index.get(name)
-        return entry is not None and entry.stream_offset >= offset
-
     def _save_annotation(self, message: AnnotationMessage, offset: int) -> bool:
         name = message.name
-        if self._already_applied(name, offset):
-            return False
+        entry = self.index.get(name)
+        if entry is not None and entry.stream_offset >= offset:
+            return False  # applied before (a duplicate or a replay)
+        extensions = probe_extensions(entry, message.image_extension)
         target_name = "data" if message.created_role.is_validator() else "seed"
         target = self._areas[target_name]
-        if message.image is None and not any(self._images(area, name) for area in self._areas.values()):
+        if message.image is None and not any(self._images(a, name, extensions) for a in self._areas.values()):
             raise MessageRejected("missing-image", f"{message.status.name} {name} carries no image and none is "
                                   "stored", message.status)
         for area in self._areas.values():
             if area is not target:
-                self._move_files(area, target, name)
+                self._move_files(area, target, name, extensions)
         if message.image is not None:
             image_path = target.image_path(name, message.image_extension)
             self._write(image_path, message.image)
-            for stale in self._images(target, name):
+            for stale in self._images(target, name, extensions):
                 if stale != image_path:  # the edit replaced the image under another extension
                     stale.unlink()
                     self._dirs.add(stale.parent)
         self._write(target.label_path(name), message.label_text().encode())
-        image = self._images(target, name)
+        image = self._images(target, name, extensions)
         self.index.upsert(IndexEntry(
             name=name, area=target_name, source_media=message.original_media_name, role=int(message.created_role),
             source=int(message.source), created_date=message.created_date.isoformat(),
@@ -181,13 +182,15 @@ class AnnotationHandler:
 
     def _move_name(self, name: str, status: AnnotationStatus, offset: int) -> bool:
         """Validated: seed -> data. Deleted: data/seed -> deleted. Absent names are a logged no-op."""
-        if self._already_applied(name, offset):
+        entry = self.index.get(name)
+        if entry is not None and entry.stream_offset >= offset:
             return False
+        extensions = probe_extensions(entry)
         target_name = "data" if status is AnnotationStatus.Validated else "deleted"
+        target = self._areas[target_name]
         sources = ["seed"] if status is AnnotationStatus.Validated else ["data", "seed"]
-        moved = [source for source in sources if self._move_files(self._areas[source], self._areas[target_name], name)]
-        present = moved or self._has_files(self._areas[target_name], name)
-        if not present:
+        moved = [source for source in sources if self._move_files(self._areas[source], target, name, extensions)]
+        if not moved and not (self._images(target, name, extensions) or target.label_path(name).exists()):
             log(logger, logging.INFO, f"{status.name}: annotation not found, nothing to do", name=name, offset=offset)
             return False
         self.index.set_area(name, target_name, int(status), offset, now_iso())
@@ -195,15 +198,12 @@ class AnnotationHandler:
 
     # ------------------------------------------------------------ files
 
-    def _images(self, area: Area, name: str) -> list[Path]:
-        return [path for ext in IMAGE_EXTENSIONS if (path := area.image_path(name, ext)).exists()]
+    def _images(self, area: Area, name: str, extensions: tuple[str, ...]) -> list[Path]:
+        return [path for ext in extensions if (path := area.image_path(name, ext)).exists()]
 
-    def _has_files(self, area: Area, name: str) -> bool:
-        return bool(self._images(area, name)) or area.label_path(name).exists()
-
-    def _move_files(self, source: Area, target: Area, name: str) -> bool:
+    def _move_files(self, source: Area, target: Area, name: str, extensions: tuple[str, ...]) -> bool:
         """Rename the name's image(s) and label from `source` to `target`, replacing what is there."""
-        paths = [*self._images(source, name), source.label_path(name)]
+        paths = [*self._images(source, name, extensions), source.label_path(name)]
         moved = False
         for path in paths:
             destination = (target.labels if path.parent == source.labels else target.images) / path.name
@@ -244,10 +244,7 @@ class AnnotationHandler:
         committed offset (None when nothing was pending)."""
         if not self.pending:
             return None
-        for path in self._touched:
-            _fsync_file(path)
-        for directory in self._dirs:
-            fsync_dir(directory)
+        self._make_durable()
         if self.record_offset:
             self.index.set_meta("last_offset", str(self._last_handled))
             self.index.set_meta("last_message_time", self._last_time or now_iso())
@@ -259,12 +256,42 @@ class AnnotationHandler:
         self.pending = 0
         return self._last_handled
 
+    def _make_durable(self) -> None:
+        """One syncfs for the whole batch where the OS has it (one journal commit instead of one
+        per file); otherwise fsync every written file and directory."""
+        if _syncfs(self.layout.root):
+            return
+        for path in self._touched:
+            _fsync_file(path)
+        for directory in self._dirs:
+            fsync_dir(directory)
+
     def abandon(self) -> None:
         """Drop the open batch's index changes after a failure (files converge when re-applied)."""
         self.index.rollback()
         self._touched.clear()
         self._dirs.clear()
         self.pending = 0
+
+
+def probe_extensions(entry: IndexEntry | None, *message_extension: str) -> tuple[str, ...]:
+    """Image extensions to look for: the one the index recorded and the message's; every known one
+    when neither is known (a name the index has never seen in a bulk message)."""
+    known = [entry.image_ext] if entry is not None and entry.image_ext else []
+    return tuple(dict.fromkeys([*known, *message_extension])) or IMAGE_EXTENSIONS
+
+
+def _syncfs(path: Path) -> bool:
+    """syncfs(2) on the filesystem holding `path`: flushes its data and metadata, then returns."""
+    if not hasattr(os, "O_DIRECTORY") or _LIBC is None or not hasattr(_LIBC, "syncfs"):
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _LIBC.syncfs(fd) != 0:
+            raise OSError(ctypes.get_errno(), f"syncfs failed on {path}")
+    finally:
+        os.close(fd)
+    return True
 
 
 def _fsync_file(path: Path) -> None:

@@ -70,7 +70,8 @@ def corrupted_reasons(corrupted_root: Path) -> dict[str, int]:
 
 def queue_position(layout: Layout) -> dict[str, Any]:
     position: dict[str, Any] = {"stream": None, "offset": None, "offset_updated_at": None,
-                                "last_message_time": None, "index_last_offset": None, "index_areas": {}}
+                                "last_message_time": None, "last_applied_at": None, "index_last_offset": None,
+                                "index_areas": {}}
     if layout.offset_file.is_file():
         try:
             data = yaml.safe_load(layout.offset_file.read_text(encoding="utf-8")) or {}
@@ -86,6 +87,8 @@ def queue_position(layout: Layout) -> dict[str, Any]:
             last = index.get_meta("last_offset")
             position["index_last_offset"] = int(last) if last is not None else None
             position["index_areas"] = index.area_counts()
+            # replays (no broker) change the tree without moving the consumer's position
+            position["last_applied_at"] = index.db.execute("SELECT MAX(updated_at) FROM annotations").fetchone()[0]
         finally:
             index.close()
     return position

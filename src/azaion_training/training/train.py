@@ -161,6 +161,7 @@ def train_arguments(settings: Settings, layout: Layout, request: TrainRequest, d
         "name": run_name,
         "exist_ok": True,  # run_name is fresh (next_run_name under the training lock); run.json is already there
         "amp": use_amp(device),
+        "plots": cfg.plots,
         "verbose": False,
     }
 

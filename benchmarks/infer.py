@@ -1,0 +1,119 @@
+"""Inference speed: `azaion infer` (every frame, no video written) against Ultralytics'
+own `predict(stream=True)` on the same 1280x720 video of 300 synthetic frames, with the same
+yolo26n ONNX (imgsz 640, raw output layout, random weights whose class bias is raised so
+that there are detections to compare). Prints one JSON line: both frames/s, their ratio,
+and how many frames have the same detections (same count, each box IoU >= 0.95, same class).
+
+    .venv/bin/python benchmarks/infer.py [--frames 300]
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import azaion_training  # noqa: F401  (offline environment for Ultralytics first)
+
+WIDTH, HEIGHT, FPS = 1280, 720, 25.0
+CONF, IOU = 0.3, 0.3
+
+
+def make_video(path: Path, frames: int) -> Path:
+    """A camera panning over a few large synthetic aerial scenes."""
+    import cv2
+
+    from azaion_training.demo.scenes import render_scene
+
+    rng = np.random.default_rng(0)
+    scenes = [render_scene(rng, 1600).image for _ in range(4)]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT))
+    for i in range(frames):
+        scene = scenes[(i // 75) % len(scenes)]
+        x, y = (i % 75) * 4, (i % 75) * 2
+        writer.write(np.ascontiguousarray(scene[y:y + HEIGHT, x:x + WIDTH]))
+    writer.release()
+    return path
+
+
+def make_model(workdir: Path) -> Path:
+    import torch
+    from ultralytics import YOLO
+
+    model = YOLO("yolo26n.yaml")
+    head = model.model.model[-1]
+    with torch.no_grad():  # untrained scores are ~1e-4; a neutral class bias gives boxes above conf 0.3
+        for branch in (head.cv3, getattr(head, "one2one_cv3", None) or []):
+            for stage in branch:
+                stage[-1].bias.fill_(-1.0)
+    exported = Path(model.export(format="onnx", imgsz=640, dynamic=True, batch=4, project=str(workdir)))
+    return exported
+
+
+def run_ours(video: Path, model: Path, out: Path, threads: int) -> tuple[float, list[np.ndarray]]:
+    from azaion_training.inference.pipeline import run_inference
+    from azaion_training.settings import load_settings
+
+    settings = load_settings(env={"AZAION_ROOT_DIR": str(out / "root"), "INFERENCE_THREADS": str(threads)})
+    summary = run_inference(settings, video, model, out, every=1, batch=4, conf=CONF, iou=IOU, write_video=False,
+                            engine="onnx")
+    frames = []
+    for line in (out / "detections.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        frames.append(np.array([[d["class_id"], *d["box_px"].values()] for d in record["detections"]]).reshape(-1, 5))
+    return summary.fps, frames
+
+
+def run_ultralytics(video: Path, model: Path) -> tuple[float, list[np.ndarray]]:
+    from ultralytics import YOLO
+
+    yolo = YOLO(str(model), task="detect")
+    warm = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    yolo.predict(warm, imgsz=640, conf=CONF, iou=IOU, agnostic_nms=True, verbose=False)  # set up the predictor
+    frames = []
+    started = time.perf_counter()
+    for result in yolo.predict(str(video), stream=True, imgsz=640, conf=CONF, iou=IOU, agnostic_nms=True,
+                               verbose=False):
+        boxes = result.boxes
+        frames.append(np.concatenate([boxes.cls.numpy()[:, None], boxes.xyxy.numpy()], axis=1).reshape(-1, 5))
+    return len(frames) / (time.perf_counter() - started), frames
+
+
+def same_detections(ours: np.ndarray, theirs: np.ndarray) -> bool:
+    from azaion_training.inference.nms import box_iou
+
+    if len(ours) != len(theirs):
+        return False
+    for row in ours:
+        candidates = theirs[theirs[:, 0] == row[0]]
+        if not len(candidates) or box_iou(row[1:], candidates[:, 1:]).max() < 0.95:
+            return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads for ours (0 = its default)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        video = make_video(workdir / "bench.mp4", args.frames)
+        model = make_model(workdir)
+        ours_fps, ours = run_ours(video, model, workdir / "ours", args.threads)
+        ultra_fps, theirs = run_ultralytics(video, model)
+    matching = sum(same_detections(a, b) for a, b in zip(ours, theirs, strict=False))
+    print(json.dumps({
+        "benchmark": "infer", "video": f"{WIDTH}x{HEIGHT}x{args.frames}", "model": "yolo26n onnx 640 raw",
+        "cpu_count": os.cpu_count(), "ours_fps": round(ours_fps, 2), "ultralytics_fps": round(ultra_fps, 2),
+        "ratio": round(ours_fps / ultra_fps, 3), "frames_ours": len(ours), "frames_ultralytics": len(theirs),
+        "frames_same_detections": matching, "detections_ours": int(sum(map(len, ours))),
+        "detections_ultralytics": int(sum(map(len, theirs))),
+    }))
+
+
+if __name__ == "__main__":
+    main()

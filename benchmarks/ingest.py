@@ -1,0 +1,118 @@
+"""Ingestion throughput: end-to-end applied annotations/s of `azaion queue consume` versus a raw
+rstream consume-only loop over the same stream, measured in the same run.
+
+Publishes N realistic annotations (1280x1280 JPEGs of 200-400 KB, 1-20 boxes) to a private
+RabbitMQ node (or RABBITMQ_TEST_STREAM_PORT), then times (publishing excluded):
+  raw:  an rstream Consumer reading every entry (bytes kept, nothing decoded or written);
+  e2e:  the product's consumer: decode, checks, durable writes, index, offsets (group commit).
+Prints one JSON line.  Usage: .venv/bin/python benchmarks/ingest.py [--count 1500]
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from pydantic import SecretStr
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # tests.services.rabbitmq: the private broker recipe
+
+from rstream import Consumer, ConsumerOffsetSpecification, OffsetType  # noqa: E402
+
+from azaion_training.demo.scenes import encode_jpeg, render_scene  # noqa: E402
+from azaion_training.queue.consumer import StartSpec, StreamConsumer  # noqa: E402
+from azaion_training.queue.messages import Detection, Role, SampleOptions, sample_annotation  # noqa: E402
+from azaion_training.queue.streamio import publish, to_amqp  # noqa: E402
+from azaion_training.settings import PathSettings, RabbitMQSettings, Settings  # noqa: E402
+from tests.services.rabbitmq import RabbitNode  # noqa: E402
+
+DISTINCT_IMAGES = 12  # rendering 1280 px scenes is slow; names, boxes and roles differ per message
+
+
+def realistic_messages(count: int, seed: int = 0) -> tuple[list, list[int]]:
+    rng = np.random.default_rng(seed)
+    images = []
+    while len(images) < DISTINCT_IMAGES:
+        jpeg = encode_jpeg(render_scene(rng, 1280).image, quality=87)
+        if 200_000 <= len(jpeg) <= 400_000:
+            images.append(jpeg)
+    messages = []
+    for i in range(count):
+        boxes = [Detection(int(rng.integers(0, 57)), *rng.uniform(0.1, 0.9, 2), *rng.uniform(0.01, 0.2, 2))
+                 for _ in range(int(rng.integers(1, 21)))]
+        options = SampleOptions(role=Role.Validator if i % 4 else Role.Operator, media=f"flight-{i // 50}.mp4",
+                                frame=i % 50, detections=boxes)
+        messages.append(sample_annotation(f"bench-{i:06d}", images[i % DISTINCT_IMAGES], options))
+    return messages, [len(image) for image in images]
+
+
+async def raw_consume(rabbit: RabbitMQSettings, count: int) -> float:
+    received = 0
+    done = asyncio.Event()
+
+    def on_message(data: bytes, _context) -> None:
+        nonlocal received
+        received += 1
+        if received >= count:
+            done.set()
+
+    async with Consumer(rabbit.host, rabbit.port, username=rabbit.user,
+                        password=rabbit.password.get_secret_value(), frame_max=8 * 1024 * 1024) as consumer:
+        started = time.perf_counter()
+        await consumer.subscribe(rabbit.queue_name, on_message, initial_credit=8,
+                                 offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST, None))
+        await asyncio.wait_for(done.wait(), 600)
+        return time.perf_counter() - started
+
+
+def end_to_end(settings: Settings, count: int) -> float:
+    consumer = StreamConsumer(settings, StartSpec("first"), exit_when_idle=None)
+    finished: list[float] = []
+    commit = consumer.handler.commit
+
+    def timed_commit():  # the moment the last message is durable and its offset recorded
+        committed = commit()
+        if consumer.handler.counts.applied >= count and not finished:
+            finished.append(time.perf_counter())
+            consumer.stop_requested = True
+        return committed
+
+    consumer.handler.commit = timed_commit
+    started = time.perf_counter()
+    asyncio.run(consumer.run())
+    assert consumer.handler.counts.applied == count, consumer.handler.counts.as_dict()
+    return finished[0] - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=int, default=1500)
+    args = parser.parse_args()
+    node = RabbitNode.existing_or_start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="azaion-bench-") as workdir:
+            rabbit = RabbitMQSettings(host=node.host, port=node.stream_port, user=node.user,
+                                      password=SecretStr(node.password), queue_name=f"bench-{int(time.time())}")
+            settings = Settings(rabbitmq=rabbit, paths=PathSettings(root_dir=Path(workdir) / "azaion"))
+            messages, sizes = realistic_messages(args.count)
+            publish(rabbit, [to_amqp(message) for message in messages])
+            raw_s = asyncio.run(raw_consume(rabbit, args.count))
+            e2e_s = end_to_end(settings, args.count)
+    finally:
+        node.stop()
+    raw_rate, e2e_rate = args.count / raw_s, args.count / e2e_s
+    print(json.dumps({
+        "benchmark": "ingest", "messages": args.count, "image_kb_min": min(sizes) // 1024,
+        "image_kb_max": max(sizes) // 1024, "e2e_annotations_per_s": round(e2e_rate, 1),
+        "raw_consume_per_s": round(raw_rate, 1), "ratio_to_raw": round(e2e_rate / raw_rate, 3),
+        "target_per_s": 300, "target_ratio": 0.6,
+    }))
+
+
+if __name__ == "__main__":
+    main()

