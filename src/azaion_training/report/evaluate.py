@@ -11,6 +11,9 @@ from azaion_training.classes import AnnotationClass
 from azaion_training.labels import read_label_file
 
 
+GROUND_TRUTH_BGR = (255, 0, 255)  # magenta: visible on green, snow and night terrain
+
+
 @dataclass
 class Evaluation:
     split: str
@@ -74,7 +77,7 @@ def label_path_for(image: Path) -> Path:
 
 def predictions_vs_truth(model_path: Path, images: list[Path], classes: dict[int, AnnotationClass],
                          imgsz: int, conf: float = 0.25) -> list[tuple[np.ndarray, str]]:
-    """Each image with ground truth (white, thin) and predictions (class colour, labelled)."""
+    """Each image with ground truth (magenta, thin) and predictions (class colour, labelled)."""
     import cv2
     from ultralytics import YOLO
 
@@ -92,7 +95,7 @@ def predictions_vs_truth(model_path: Path, images: list[Path], classes: dict[int
         for box in truth:
             x0, y0 = (box.cx - box.w / 2) * width * scale, (box.cy - box.h / 2) * height * scale
             x1, y1 = (box.cx + box.w / 2) * width * scale, (box.cy + box.h / 2) * height * scale
-            cv2.rectangle(image, (int(x0), int(y0)), (int(x1), int(y1)), (255, 255, 255), 1)
+            cv2.rectangle(image, (int(x0), int(y0)), (int(x1), int(y1)), GROUND_TRUTH_BGR, 1)
         boxes = result.boxes
         for xyxy, cls, score in zip(boxes.xyxy.tolist(), boxes.cls.tolist(), boxes.conf.tolist(), strict=True):
             colour = classes[int(cls)].bgr if int(cls) in classes else (0, 255, 255)

@@ -92,7 +92,8 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], out: Path, c
     """BGR images in a grid with a title each."""
     plt = _pyplot()
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles, strict=False):
@@ -103,7 +104,8 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], out: Path, c
 
 def _save(fig, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(out, dpi=110)
     _pyplot().close(fig)
     return out
