@@ -2,7 +2,8 @@
 
 Writes N synthetic annotations (small JPEGs + labels) into a fresh data tree, times
 `form_dataset` (checks, sha256 of every file, split, hardlinks, manifest) and, in the same
-run, `cp -r` of data/. Prints one JSON line. Targets: >= 20x faster than cp -r; 100,000
+run, `cp -r` of data/ and a bare `os.link` of every file (the floor of any per-file
+hardlinked dataset). Prints one JSON line. Targets: >= 20x faster than cp -r; 100,000
 annotations in <= 30 s.
 
     .venv/bin/python benchmarks/dataset_form.py [--n 20000] [--dir /tmp/x]
@@ -41,6 +42,15 @@ def write_source(layout: Layout, count: int, size: int) -> int:
     return written
 
 
+def link_floor(source: Path, target: Path) -> None:
+    """os.link of every file, nothing else: what hardlinking alone costs here."""
+    for sub in ("images", "labels"):
+        (target / sub).mkdir(parents=True)
+        with os.scandir(source / sub) as entries:
+            for entry in entries:
+                os.link(entry.path, f"{target}/{sub}/{entry.name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000)
@@ -65,12 +75,17 @@ def main() -> None:
         started = time.perf_counter()
         subprocess.run(["cp", "-r", str(layout.data.root), str(work / "copy")], check=True)
         cp_s = time.perf_counter() - started
+
+        started = time.perf_counter()
+        link_floor(layout.data.root, work / "links")
+        link_s = time.perf_counter() - started
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({
         "benchmark": "dataset_form", "annotations": args.n, "source_mb": round(source_bytes / 1e6, 1),
         "form_s": round(form_s, 2), "annotations_per_s": round(args.n / form_s),
         "cp_r_s": round(cp_s, 2), "speedup_vs_cp_r": round(cp_s / form_s, 2),
+        "bare_os_link_s": round(link_s, 2), "cp_r_vs_bare_os_link": round(cp_s / link_s, 2),
         "projected_100k_s": round(form_s * 100000 / args.n, 1),
     }))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 import typer
+from rich.markup import escape
 
 from azaion_training.cli_support import console, err_console, print_json, state
 from azaion_training.errors import AzaionError, ConfigError
@@ -97,7 +98,7 @@ def main() -> None:
         if isinstance(exit_code, int) and exit_code:
             sys.exit(exit_code)
     except AzaionError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

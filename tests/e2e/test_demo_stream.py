@@ -2,10 +2,13 @@
 
 from collections import Counter
 
+from azaion_training.demo.pipeline import ingest_stream
 from azaion_training.demo.stream import DEMO_CLASSES, StreamPlan, write_stream_dump
+from azaion_training.layout import Layout
 from azaion_training.queue.dumpfile import read_dump
 from azaion_training.queue.handler import replay_dump
 from azaion_training.queue.messages import MessageRejected, decode
+from azaion_training.settings import load_settings
 
 
 def test_stream_messages_decode_and_cover_classes_and_modes(tmp_path):
@@ -39,3 +42,19 @@ def test_replay_routes_the_stream(settings, layout, tmp_path):
     assert deleted == summary.deleted
     assert seed == summary.by_operators - summary.validated
     assert data == summary.by_validators - summary.deleted + summary.validated
+
+
+def test_broker_path_publishes_and_consumes(rabbit, root, tmp_path, monkeypatch):
+    for name, value in rabbit.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("RABBITMQ_QUEUE_NAME", f"demo-{tmp_path.name}")
+    settings = load_settings()
+    dump = tmp_path / "stream.azqdump"
+    summary = write_stream_dump(dump, StreamPlan(images=24, size=64, seed=4))
+    counts = ingest_stream(settings, dump, broker=True)
+    assert counts["published"] == summary.messages
+    assert counts["rejected"] == summary.malformed
+    assert counts["committed_offset"] == summary.messages - 1
+    layout = Layout(settings.paths)
+    assert len(list(layout.deleted.images.iterdir())) == summary.deleted
+    assert len(list(layout.data.images.iterdir())) == summary.by_validators - summary.deleted + summary.validated

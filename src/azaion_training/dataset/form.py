@@ -244,8 +244,9 @@ def _link_files(dataset: Path, good: list[CheckedPair], assignment: dict[str, st
             files.append({"path": relative, "split": split, "sha256": sha256, "annotation": name,
                           "source_media": media_of[name]})
     methods = Counter()
+    chunks = in_chunks(plan)
     with Progress("linking files", len(plan), progress) as bar, ThreadPoolExecutor(THREADS) as pool:
-        for chunk, used in zip(chunks := in_chunks(plan), pool.map(lambda c: _place(c, link), chunks), strict=True):
+        for chunk, used in zip(chunks, pool.map(lambda c: _place(c, link), chunks), strict=True):
             methods.update(used)
             bar.advance(len(chunk))
     method = methods.most_common(1)[0][0] if methods else link

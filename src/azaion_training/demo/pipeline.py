@@ -116,7 +116,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
     plan = StreamPlan(images=options.images, size=options.imgsz, seed=options.seed)
     dump = workdir / "stream.azqdump"
     stream = steps.run("generate annotated scenes as stream messages", lambda: write_stream_dump(dump, plan))
-    ingest = steps.run("consume the stream", lambda: _ingest(settings, dump, options.broker is not None))
+    ingest = steps.run("consume the stream", lambda: ingest_stream(settings, dump, options.broker is not None))
     formed = steps.run("form the dataset", lambda: _form(settings, options.seed))
     trained = steps.run("train yolo26n on CPU", lambda: _train(settings, formed))
     exported = steps.run("export ONNX with the parity check", lambda: _export(settings, formed))
@@ -140,7 +140,9 @@ def run_demo(options: DemoOptions) -> DemoResult:
     return result
 
 
-def _ingest(settings: Settings, dump: Path, broker: bool) -> dict[str, Any]:
+def ingest_stream(settings: Settings, dump: Path, broker: bool) -> dict[str, Any]:
+    """Apply the dump's entries: replayed through the consumer's handler, or published to the
+    configured stream and consumed from it until idle."""
     if not broker:
         from azaion_training.queue.handler import replay_dump
 
@@ -151,7 +153,7 @@ def _ingest(settings: Settings, dump: Path, broker: bool) -> dict[str, Any]:
 
     sent = publish(settings.rabbitmq, (record.data for record in iter_dump(dump)))
     result = consume(settings, exit_when_idle=5.0, create_stream=True)
-    return {"published": sent, **(asdict(result) if hasattr(result, "__dataclass_fields__") else {})}
+    return {"published": sent, **result.counts.as_dict(), "committed_offset": result.committed_offset}
 
 
 def _form(settings: Settings, seed: int):

@@ -10,7 +10,6 @@ import numpy as np
 from azaion_training.classes import AnnotationClass
 from azaion_training.labels import read_label_file
 
-
 GROUND_TRUTH_BGR = (255, 0, 255)  # magenta: visible on green, snow and night terrain
 
 
