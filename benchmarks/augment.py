@@ -3,8 +3,8 @@
 In one run: (a) the bare Albumentations chain on the same images, with JPEG decode and
 encode, 7 variants per image, in this process (the reference); (b) our `run_jobs` in this
 process (checks, clipping, writes, hashes, cache index); (c) our worker pool with 1 and 2
-processes on 3x as many images (wall time includes starting the workers, ~2-5 s each). Prints one JSON line; targets: (b)/(a)
->= 0.85, 2 workers near 2x of 1.
+processes on 3x as many images (wall time includes starting the workers, ~2-5 s each).
+Prints one JSON line; targets: (b)/(a) >= 0.85, 2 workers near 2x of 1.
 
     .venv/bin/python benchmarks/augment.py [--n 12]
 """

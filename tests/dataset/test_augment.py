@@ -8,7 +8,7 @@ import time
 import cv2
 import numpy as np
 
-from azaion_training.dataset.augment import AugmentJob, augment_data, build_pipeline, augment_variant, run_jobs
+from azaion_training.dataset.augment import AugmentJob, augment_data, augment_variant, build_pipeline, run_jobs
 from azaion_training.dataset.sources import check_pair, scan_pairs
 from azaion_training.labels import Box, read_label_file
 from tests.conftest import AZAION_BIN, run_azaion

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import pytest
 
+from azaion_training.inference.engines import tensorrt_available
 from azaion_training.inference.pipeline import run_inference
 from azaion_training.settings import load_settings
 from tests.conftest import run_azaion
@@ -124,3 +125,13 @@ def test_a_published_model_is_fetched_and_decrypted_in_memory(root, onnx_models,
                           write_video=False)
     assert "fetched" in fetched.model and fetched.detections == local.detections > 0
     assert _lines(tmp_path / "fetched") == _lines(tmp_path / "local")
+
+
+@pytest.mark.skipif(tensorrt_available(), reason="this machine has TensorRT: the GPU test covers it")
+def test_tensorrt_without_a_gpu_is_a_clear_error(settings, onnx_models, tiny_video, tmp_path):
+    from azaion_training.errors import InputError
+
+    with pytest.raises(InputError, match="TensorRT needs an NVIDIA GPU"):
+        run_inference(settings, tiny_video, onnx_models["raw"], tmp_path, engine="tensorrt")
+    with pytest.raises(InputError, match="engine 'openvino' is not one of"):
+        run_inference(settings, tiny_video, onnx_models["raw"], tmp_path, engine="openvino")

@@ -32,7 +32,7 @@ def tiny_env(root: Path, **extra: str) -> dict[str, str]:
             "EXPORT_ONNX_IMGSZ": "64", "TRAINING_PLOTS": "false", "COLUMNS": "160", **extra}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(synthetic_dataset, tmp_path_factory):
     """`azaion train --epochs 2 --publish --target local:DIR` on a fresh root."""
     base = tmp_path_factory.mktemp("trained")

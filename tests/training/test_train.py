@@ -15,7 +15,7 @@ from azaion_training.locks import InstanceLock
 from azaion_training.settings import load_settings
 from azaion_training.training.preflight import planned_checkpoints, preflight
 from azaion_training.training.train import TrainRequest, next_run_name, resumable_checkpoint, train
-from tests.conftest import AZAION_BIN, run_azaion
+from tests.conftest import AZAION_BIN, run_azaion, write_synthetic_yolo_split
 from tests.training.conftest import DATASET, make_root, tiny_env
 
 
@@ -133,15 +133,20 @@ def test_sigterm_stops_after_a_resumable_checkpoint(tmp_path, synthetic_dataset)
     assert not (root / "models" / "azaion.pt").exists()  # an unfinished run is not installed
 
 
-def test_fine_tune_from_pt_trains_offline(trained, tmp_path, synthetic_dataset, monkeypatch, socket_guard):
-    root = make_root(tmp_path, synthetic_dataset)
+def test_fine_tune_from_pt_on_a_dataset_formed_from_data_offline(trained, tmp_path, socket_guard):
+    root = tmp_path / "azaion"
+    settings = load_settings(env=tiny_env(root))
+    layout = Layout(settings.paths)
+    layout.init()
+    write_synthetic_yolo_split(layout.data.root, 30, 96, seed=5)
     base = root / "base.pt"
     base.write_bytes((trained[0] / "models" / "azaion.pt").read_bytes())
-    settings = load_settings(env=tiny_env(root))
-    result = train(settings, TrainRequest(dataset=DATASET, epochs=1, from_weights=base))
+    result = train(settings, TrainRequest(epochs=1, from_weights=base))  # no --dataset: one is formed first
     assert result.status == "finished" and result.epochs_done == 1
     record = json.loads((result.run_dir / "run.json").read_text())
     assert record["mode"] == "fine-tune" and record["model"] == str(base)
+    assert record["dataset"] == str(layout.datasets / f"azaion-{date.today().isoformat()}")
+    assert layout.current_pt.read_bytes() == result.best.read_bytes()
     assert socket_guard.attempts == []
 
 

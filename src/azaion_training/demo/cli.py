@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
         images: int = typer.Option(240, "--images", min=12, help="Annotated scenes to generate."),
         epochs: int = typer.Option(30, "--epochs", min=1, help="Training epochs."),
         imgsz: int = typer.Option(128, "--imgsz", min=64, help="Scene and training image size (multiple of 32)."),
+        batch: int = typer.Option(8, "--batch", min=1, help="Training batch size."),
         video_frames: int = typer.Option(48, "--video-frames", min=4, help="Frames of the rendered flight video."),
         seed: int = typer.Option(0, "--seed", help="Random seed of the scenes and the split."),
         broker: bool = typer.Option(False, "--broker", help="Publish to and consume from the configured RabbitMQ "
@@ -46,7 +47,8 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--imgsz must be a multiple of 32 (the YOLO stride), got {imgsz}")
         configure_offline_environment()
         options = DemoOptions(workdir=demo_workdir(workdir), images=images, epochs=epochs, imgsz=imgsz,
-                              video_frames=video_frames, seed=seed, broker=settings() if broker else None)
+                              batch=batch, video_frames=video_frames, seed=seed,
+                              broker=settings() if broker else None)
         result = run_demo(options)
         if as_json:
             print_json(asdict(result))

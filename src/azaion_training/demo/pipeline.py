@@ -10,7 +10,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from azaion_training.settings import Settings
 
 logger = get_logger("demo")
 MODEL_NAME = "azaion-demo.onnx"
+DEMO_PARITY_TOLERANCE = 0.05  # mAP50 the ONNX may lose against PyTorch on the demo's valid split
 
 # Ultralytics' defaults suit long GPU runs on real data; a 2-minute CPU run from scratch
 # learns with these (auto-optimizer would pick AdamW at lr 1e-4 for 80 classes, far too slow,
@@ -53,8 +54,9 @@ class DemoResult:
 
 
 def demo_settings(options: DemoOptions, base: Settings | None = None) -> Settings:
-    """Settings for a tree under the workdir: a small CPU model and a random model key for
-    this run only (the key never leaves the process, and it is redacted from logs)."""
+    """Settings for a tree under the workdir: a small CPU model, a random model key for this run
+    only (it never leaves the process and is redacted from logs), the broker connection of
+    `base` when given."""
     key = secrets.token_urlsafe(32)
     register_secret(key)
     data = (base or Settings()).model_dump()
@@ -65,6 +67,8 @@ def demo_settings(options: DemoOptions, base: Settings | None = None) -> Setting
     data["export"].update(onnx_imgsz=options.imgsz, max_batch=4)
     data["security"]["model_encryption_key"] = key
     data["inference"].update(every=1, batch=4, conf=0.3, iou=0.3)
+    # With --broker: a stream of its own, so production's stream and stored offset stay untouched.
+    data["rabbitmq"].update(queue_name=f"azaion-demo-{secrets.token_hex(4)}", consumer_name="azaion-demo")
     return Settings.model_validate(data)
 
 
@@ -106,7 +110,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
     from azaion_training.demo.stream import StreamPlan, write_stream_dump
 
     workdir = options.workdir.absolute()
-    options = DemoOptions(**{**asdict(options), "workdir": workdir, "broker": options.broker})
+    options = replace(options, workdir=workdir)
     settings = demo_settings(options, options.broker)
     layout = Layout(settings.paths)
     layout.init()
@@ -124,8 +128,8 @@ def run_demo(options: DemoOptions) -> DemoResult:
     video = steps.run("render a flight video", lambda: _video(options))
     inference = steps.run("infer on the video with the fetched model",
                           lambda: _infer(settings, video, workdir, published["target"]))
-    report = steps.run("write the report", lambda: _report(settings, trained, stream, ingest, published,
-                                                           inference, steps.timings, options))
+    report = steps.run("write the report", lambda: _report(settings, trained, exported, stream, ingest,
+                                                           published, inference, steps.timings, options))
     steps.timings["total"] = round(time.monotonic() - started, 1)
     result = DemoResult(
         report=report.index_html, map50=report.evaluation.map50 if report.evaluation else None,
@@ -170,9 +174,19 @@ def _train(settings: Settings, formed):
 
 
 def _export(settings: Settings, formed):
-    from azaion_training.training.export import export
+    """Export, then the export stage's parity check (PyTorch vs our ONNX inference on the valid
+    split) with the demo's tolerance: a few dozen images of a minutes-old model make the
+    stage's production tolerance (0.01 mAP50) a coin toss between runs."""
+    from azaion_training.training.export import export, parity_check, split_images
 
-    return export(settings, dataset=formed.path.name)
+    result = export(settings, dataset=formed.path.name, verify=False)
+    parity = parity_check(Layout(settings.paths).current_pt, result.files["onnx"], split_images(formed.path),
+                          settings.export.onnx_imgsz, settings.export.max_batch)
+    if parity.onnx_map50 < parity.pytorch_map50 - DEMO_PARITY_TOLERANCE:
+        raise OperationFailed(f"parity check failed: ONNX mAP50 {parity.onnx_map50:.3f} vs PyTorch "
+                              f"{parity.pytorch_map50:.3f} on {parity.images} valid images")
+    result.parity = parity
+    return result
 
 
 def _publish(settings: Settings, exported, trained, workdir: Path) -> dict[str, Any]:
@@ -206,11 +220,13 @@ def _infer(settings: Settings, video: Path, workdir: Path, target: str):
     return run_inference(settings, video, MODEL_NAME, workdir / "inference", target=target, engine="onnx")
 
 
-def _report(settings: Settings, trained, stream, ingest, published, inference, timings, options: DemoOptions):
+def _report(settings: Settings, trained, exported, stream, ingest, published, inference, timings,
+            options: DemoOptions):
     from azaion_training.demo.video import read_frames
     from azaion_training.report.build import ReportInputs, build_report
 
     summary = asdict(inference)
+    parity = exported.parity
     frames = read_frames(Path(summary["outputs"]["video"]), 6) if summary["outputs"].get("video") else []
     inputs = ReportInputs(
         run_dir=trained.run_dir, title="Azaion demo: annotations to an encrypted model on video",
@@ -219,5 +235,7 @@ def _report(settings: Settings, trained, stream, ingest, published, inference, t
         publish={"manifest": published["manifest"], "fetch": published["fetch_check"]},
         inference=summary, inference_frames=frames,
         extra={"images generated": options.images, "imgsz": options.imgsz, "epochs": options.epochs,
+               "ONNX parity (valid split mAP50)": f"PyTorch {parity.pytorch_map50:.3f}, ONNX {parity.onnx_map50:.3f} "
+                                                  f"on {parity.images} images",
                **{f"time: {k} (s)": v for k, v in timings.items()}})
     return build_report(settings, inputs, options.workdir / "report")

@@ -344,13 +344,13 @@ def model_bytes(settings: Settings, model: str | Path, target: str | None) -> tu
     return fetched, f"{text} (fetched, decrypted in memory)"
 
 
-def load_engine(settings: Settings, data: bytes, label: str, batch: int, kind: str = "auto") -> Engine:
-    """ONNX Runtime, or TensorRT (built from the ONNX once per GPU and cached) on a GPU."""
+def load_engine(settings: Settings, data: bytes, is_plan: bool, batch: int, kind: str = "auto") -> Engine:
+    """ONNX Runtime, or TensorRT on a GPU (a TensorRT plan as is; an ONNX model converted once
+    per GPU and cached)."""
     from azaion_training.inference import engines
 
     if kind not in ENGINE_KINDS:
         raise InputError(f"engine {kind!r} is not one of {', '.join(ENGINE_KINDS)}")
-    is_plan = label.split(" ")[0].endswith(".engine")
     wants_trt = kind == "tensorrt" or is_plan or (kind == "auto" and engines.tensorrt_available())
     if wants_trt and not engines.tensorrt_available():
         raise InputError("TensorRT needs an NVIDIA GPU and the tensorrt package; use --engine onnx "
@@ -424,7 +424,8 @@ def _run_images(run: _Run, source: Path, batch: int, out: Path, write_images: bo
 
     files = image_files(source)
     images_dir = out / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
+    if write_images:
+        images_dir.mkdir(parents=True, exist_ok=True)
     unreadable: list[str] = []
     progress = Progress(len(files), f"infer {source.name}")
     try:
@@ -462,7 +463,8 @@ def run_inference(settings: Settings, source: Path, model: str | Path, out: Path
     if not source.exists():
         raise InputError(f"source {source} does not exist: pass a video file, an image, or a directory of images")
     data, label = model_bytes(settings, model, target)
-    detector = Detector(load_engine(settings, data, label, batch, engine), conf, iou)
+    is_plan = str(model).endswith(".engine")
+    detector = Detector(load_engine(settings, data, is_plan, batch, engine), conf, iou)
     del data
     batch = detector.engine.batch_size  # a fixed-batch model wins
     out.mkdir(parents=True, exist_ok=True)

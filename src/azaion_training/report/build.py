@@ -6,7 +6,6 @@ demo does) -- the ingest counts, the publish manifest and the inference summary.
 """
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,12 +16,11 @@ import yaml
 from azaion_training.classes import load_classes
 from azaion_training.errors import InputError
 from azaion_training.fsutil import atomic_write_text
-from azaion_training.labels import LabelError, parse_line
 from azaion_training.layout import Layout
 from azaion_training.logs import get_logger
 from azaion_training.report import html, plots
 from azaion_training.report.evaluate import Evaluation, evaluate, predictions_vs_truth, split_images
-from azaion_training.report.status import collect_status, run_metrics
+from azaion_training.report.status import class_histogram, collect_status, run_metrics
 from azaion_training.settings import Settings
 
 logger = get_logger("report")
@@ -68,18 +66,8 @@ def run_dataset(run_dir: Path) -> tuple[Path | None, int]:
 
 
 def split_class_counts(dataset_dir: Path, names: dict[int, str]) -> dict[str, dict[str, int]]:
-    counts: dict[str, dict[str, int]] = {}
-    for split in SPLITS:
-        per_class: Counter = Counter()
-        for label in (dataset_dir / split / "labels").glob("*.txt"):
-            for line in label.read_text(encoding="utf-8").splitlines():
-                try:
-                    per_class[names.get(parse_line(line).cls, "?")] += 1 if line.strip() else 0
-                except LabelError:
-                    continue
-        if per_class:
-            counts[split] = dict(per_class)
-    return counts
+    counts = {split: class_histogram(dataset_dir / split / "labels", names) for split in SPLITS}
+    return {split: per_class for split, per_class in counts.items() if per_class}
 
 
 def best_weights(run_dir: Path) -> Path | None:

@@ -84,7 +84,7 @@ def predictions_vs_truth(model_path: Path, images: list[Path], classes: dict[int
         return []
     model = YOLO(str(model_path))
     drawn = []
-    for image_path, result in zip(images, model.predict([str(p) for p in images], imgsz=imgsz, conf=conf,
+    for image_path, result in zip(images, model.predict([str(p) for p in images], imgsz=imgsz, conf=conf, max_det=20,
                                                         verbose=False), strict=True):
         image = cv2.imread(str(image_path))
         height, width = image.shape[:2]
@@ -100,7 +100,7 @@ def predictions_vs_truth(model_path: Path, images: list[Path], classes: dict[int
             colour = classes[int(cls)].bgr if int(cls) in classes else (0, 255, 255)
             x0, y0, x1, y1 = (int(v * scale) for v in xyxy)
             cv2.rectangle(image, (x0, y0), (x1, y1), colour, 2)
-            name = classes[int(cls)].short_name if int(cls) in classes else str(int(cls))
+            name = classes[int(cls)].name if int(cls) in classes else str(int(cls))
             cv2.putText(image, f"{name} {score:.2f}", (x0, max(10, y0 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                         colour, 1, cv2.LINE_AA)
         short = image_path.stem if len(image_path.stem) <= 12 else image_path.stem[:10] + "…"

@@ -15,6 +15,7 @@ from azaion_training.labels import LabelError, parse_line
 from azaion_training.layout import Area, Layout
 from azaion_training.report.plots import read_results_csv
 from azaion_training.settings import Settings
+from azaion_training.training.train import RUN_RECORD
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 RESULT_METRICS = {"mAP50": "metrics/mAP50(B)", "mAP50-95": "metrics/mAP50-95(B)",
@@ -146,7 +147,9 @@ def latest_model(layout: Layout) -> dict[str, Any] | None:
     current = {"pt": layout.current_pt.is_file(), "onnx": layout.current_onnx.is_file()}
     if newest is None:
         return {"run": None, "current": current} if any(current.values()) else None
-    return {"run": newest.name, "path": str(newest), "metrics": run_metrics(newest), "current": current}
+    record = _read_json(newest / RUN_RECORD) or {}
+    return {"run": newest.name, "path": str(newest), "status": record.get("status"), "ended": record.get("ended"),
+            "metrics": run_metrics(newest), "current": current}
 
 
 def last_publish(layout: Layout) -> dict[str, Any] | None:
