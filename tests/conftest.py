@@ -110,7 +110,8 @@ def tiny_model(synthetic_dataset, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_model, tmp_path_factory) -> Path:
-    """The tiny model exported by plain Ultralytics to ONNX (end-to-end layout, dynamic batch)."""
+    """The tiny model exported by plain Ultralytics to ONNX with its defaults (dynamic batch; in
+    Ultralytics 8.4.190 that is the raw (B, 4+nc, anchors) layout)."""
     import shutil
 
     from ultralytics import YOLO
