@@ -8,8 +8,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -70,24 +69,6 @@ def demo_settings(options: DemoOptions, base: Settings | None = None) -> Setting
     # With --broker: a stream of its own, so production's stream and stored offset stay untouched.
     data["rabbitmq"].update(queue_name=f"azaion-demo-{secrets.token_hex(4)}", consumer_name="azaion-demo")
     return Settings.model_validate(data)
-
-
-@contextmanager
-def ultralytics_hyperparameters(values: dict[str, Any]) -> Iterator[None]:
-    """Apply `values` to every Ultralytics trainer created inside the block (the training stage
-    passes only the settings' arguments; this is how the demo tunes a short CPU run)."""
-    from ultralytics.utils.callbacks import base
-
-    def apply(trainer: Any) -> None:
-        for key, value in values.items():
-            setattr(trainer.args, key, value)
-
-    hooks = base.default_callbacks["on_pretrain_routine_start"]
-    hooks.append(apply)
-    try:
-        yield
-    finally:
-        hooks.remove(apply)
 
 
 class Steps:
@@ -169,8 +150,7 @@ def _form(settings: Settings, seed: int):
 def _train(settings: Settings, formed):
     from azaion_training.training.train import TrainRequest, train
 
-    with ultralytics_hyperparameters(DEMO_HYPERPARAMETERS):
-        return train(settings, TrainRequest(dataset=formed.path.name))
+    return train(settings, TrainRequest(dataset=formed.path.name, hyperparameters=DEMO_HYPERPARAMETERS))
 
 
 def _export(settings: Settings, formed):

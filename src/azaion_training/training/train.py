@@ -18,7 +18,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,9 @@ class TrainRequest:
     imgsz: int | None = None
     device: str | None = None
     from_weights: Path | None = None
+    # Extra Ultralytics train() arguments (optimizer, lr0, augmentation...), e.g. the demo's
+    # tuning for a short CPU run; they override the arguments derived from the settings.
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -163,6 +166,7 @@ def train_arguments(settings: Settings, layout: Layout, request: TrainRequest, d
         "amp": use_amp(device),
         "plots": cfg.plots,
         "verbose": False,
+        **request.hyperparameters,
     }
 
 
