@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint clean
 
 # Plain pip into a project venv: torch/torchvision come from the machine's local wheel store.
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
