@@ -1,12 +1,14 @@
 """Dataset formation speed vs `cp -r` of the same source.
 
-Writes N synthetic annotations (small JPEGs + labels) into a fresh data tree, times
-`form_dataset` (checks, sha256 of every file, split, hardlinks, manifest) and, in the same
-run, `cp -r` of data/ and a bare `os.link` of every file (the floor of any per-file
+Writes N synthetic annotations (small JPEGs + labels) into a fresh data tree and times, in
+one run: the first `form_dataset` (checks, sha256 of every file, split, hardlinks, manifest;
+no check cache yet), `cp -r` of that data/, then the daily case: --grow % new annotations
+added and the dataset formed again (the check cache spares the unchanged files), with
+`cp -r` of the grown data/, and a bare `os.link` of every file (the floor of any per-file
 hardlinked dataset). Prints one JSON line. Targets: >= 20x faster than cp -r; 100,000
 annotations in <= 30 s.
 
-    .venv/bin/python benchmarks/dataset_form.py [--n 20000] [--dir /tmp/x]
+    .venv/bin/python benchmarks/dataset_form.py [--n 20000] [--grow 1] [--dir /tmp/x]
 """
 
 import argparse
@@ -27,13 +29,13 @@ from azaion_training.layout import Layout
 from azaion_training.settings import load_settings
 
 
-def write_source(layout: Layout, count: int, size: int) -> int:
+def write_source(layout: Layout, count: int, size: int, start: int = 0) -> int:
     """`count` annotations from a pool of 64 rendered scenes; returns the bytes written."""
     rng = np.random.default_rng(0)
     pool = [render_scene(rng, size, max_objects=4) for _ in range(64)]
     encoded = [(encode_jpeg(s.image), label_text(s.labels)) for s in pool]
     written = 0
-    for i in range(count):
+    for i in range(start, start + count):
         image, label = encoded[i % len(encoded)]
         name = f"{i:08x}-bench"
         (layout.data.images / f"{name}.jpg").write_bytes(image)
@@ -51,9 +53,26 @@ def link_floor(source: Path, target: Path) -> None:
                 os.link(entry.path, f"{target}/{sub}/{entry.name}")
 
 
+def timed_form(settings, expected: int) -> float:
+    subprocess.run(["sync"], check=True)  # earlier writes must not be flushed inside a timing
+    started = time.perf_counter()
+    result = form_dataset(settings, progress=False)
+    seconds = time.perf_counter() - started
+    assert sum(result.counts.values()) == expected, result.counts
+    return seconds
+
+
+def timed_copy(source: Path, target: Path) -> float:
+    subprocess.run(["sync"], check=True)
+    started = time.perf_counter()
+    subprocess.run(["cp", "-r", str(source), str(target)], check=True)
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--grow", type=float, default=1.0, help="new annotations before re-forming, in %%")
     parser.add_argument("--size", type=int, default=128, help="image side in px")
     parser.add_argument("--dir", type=Path, default=None, help="work dir (default: a temp dir, removed after)")
     args = parser.parse_args()
@@ -65,17 +84,16 @@ def main() -> None:
         layout = Layout(settings.paths)
         layout.init()
         source_bytes = write_source(layout, args.n, args.size)
-        subprocess.run(["sync"], check=True)  # the writes above must not be flushed inside a timing
+        form_s = timed_form(settings, args.n)
+        cp_s = timed_copy(layout.data.root, work / "copy")
 
-        started = time.perf_counter()
-        result = form_dataset(settings, progress=False)
-        form_s = time.perf_counter() - started
-        assert sum(result.counts.values()) == args.n, result.counts
+        added = round(args.n * args.grow / 100)
+        write_source(layout, added, args.size, start=args.n)
+        total = args.n + added
+        reform_s = timed_form(settings, total)
+        reform_cp_s = timed_copy(layout.data.root, work / "copy-grown")
 
-        started = time.perf_counter()
-        subprocess.run(["cp", "-r", str(layout.data.root), str(work / "copy")], check=True)
-        cp_s = time.perf_counter() - started
-
+        subprocess.run(["sync"], check=True)
         started = time.perf_counter()
         link_floor(layout.data.root, work / "links")
         link_s = time.perf_counter() - started
@@ -85,8 +103,10 @@ def main() -> None:
         "benchmark": "dataset_form", "annotations": args.n, "source_mb": round(source_bytes / 1e6, 1),
         "form_s": round(form_s, 2), "annotations_per_s": round(args.n / form_s),
         "cp_r_s": round(cp_s, 2), "speedup_vs_cp_r": round(cp_s / form_s, 2),
-        "bare_os_link_s": round(link_s, 2), "cp_r_vs_bare_os_link": round(cp_s / link_s, 2),
         "projected_100k_s": round(form_s * 100000 / args.n, 1),
+        "reform_annotations": total, "reform_new": added, "reform_s": round(reform_s, 2),
+        "reform_cp_r_s": round(reform_cp_s, 2), "reform_speedup_vs_cp_r": round(reform_cp_s / reform_s, 2),
+        "bare_os_link_s": round(link_s, 2), "cp_r_vs_bare_os_link": round(reform_cp_s / link_s, 2),
     }))
 
 

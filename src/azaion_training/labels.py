@@ -72,6 +72,31 @@ def parse_label_text(text: str) -> list[Box]:
     return boxes
 
 
+def label_classes(text: str) -> tuple[int, ...]:
+    """The class of every box of a label file's text, validated exactly like
+    `parse_label_text` (LabelError names the first bad line) but without building Boxes.
+
+    The fast path accepts a line only when the box_problem rules plainly hold (an int class in
+    range, every coordinate inside its interval, which also rules out NaN and infinities);
+    anything else goes to parse_label_text, which gives the same answer or the exact error."""
+    classes = []
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            cls = int(fields[0])
+            cx, cy, w, h = map(float, fields[1:])
+        except ValueError:
+            break
+        if not (0 <= cls < MODEL_SLOTS and 0 <= cx <= 1 and 0 <= cy <= 1 and 0 < w <= 1 and 0 < h <= 1):
+            break
+        classes.append(cls)
+    else:
+        return tuple(classes)
+    return tuple(box.cls for box in parse_label_text(text))
+
+
 def read_label_file(path: Path) -> list[Box]:
     try:
         text = Path(path).read_text(encoding="utf-8")

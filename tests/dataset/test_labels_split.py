@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from azaion_training.dataset.split import SPLITS, SplitItem, assign_splits, parse_ratios, split_targets
-from azaion_training.labels import Box, check_label, clip_box, clip_corners
+from azaion_training.labels import Box, LabelError, check_label, clip_box, clip_corners, label_classes, parse_label_text
 
 
 @pytest.mark.parametrize(("text", "valid"), [
@@ -21,6 +21,28 @@ def test_check_label(tmp_path, text, valid):
     path = tmp_path / "x.txt"
     path.write_text(text)
     assert check_label(path) is valid
+
+
+LABEL_EDGE_CASES = [
+    "", "\n\n", "0 0.5 0.5 0.1 0.1", "0 0.5 0.5 0.1 0.1\n\n  \n79 0 1 1 1\r\n", "3 5e-1 0.5 1e-3 0.1\n",
+    "0 0 0 0.1 0.1\n", "0 1 1 1 1\n", "0 0.5 0.5 0 0.1\n", "0 0.5 0.5 0.1 -0.1\n", "0 1.0000001 0.5 0.1 0.1\n",
+    "-1 0.5 0.5 0.1 0.1\n", "80 0.5 0.5 0.1 0.1\n", "1.0 0.5 0.5 0.1 0.1\n", "True 0.5 0.5 0.1 0.1\n",
+    "0 nan 0.5 0.1 0.1\n", "0 0.5 inf 0.1 0.1\n", "0 0.5 0.5 -inf 0.1\n", "0 0.5 0.5 0.1\n",
+    "0 0.5 0.5 0.1 0.1 7\n", "0 x 0.5 0.1 0.1\n", "0 0.5 0.5 0.1 0.1\n1 0.5 0.5 0.1 1.2\n", "0,0.5,0.5,0.1,0.1\n",
+]
+
+
+@pytest.mark.parametrize("text", LABEL_EDGE_CASES)
+def test_label_classes_agrees_with_the_full_parser(text):
+    """The fast path must accept exactly what parse_label_text accepts, with the same error."""
+    try:
+        expected = tuple(box.cls for box in parse_label_text(text))
+    except LabelError as exc:
+        with pytest.raises(LabelError) as raised:
+            label_classes(text)
+        assert str(raised.value) == str(exc)
+    else:
+        assert label_classes(text) == expected
 
 
 def test_check_label_missing_file(tmp_path):  # BT-LBL-04

@@ -14,7 +14,14 @@ from azaion_training.annotation_index import AnnotationIndex
 from azaion_training.labels import parse_label_text
 from azaion_training.layout import Layout
 from azaion_training.queue.handler import replay_dump
-from azaion_training.queue.messages import AnnotationStatus, Role, image_format
+from azaion_training.queue.messages import (
+    AnnotationMessage,
+    AnnotationStatus,
+    MessageRejected,
+    Role,
+    decode,
+    image_format,
+)
 from azaion_training.queue.streamio import publish
 from azaion_training.settings import PathSettings, RabbitMQSettings, Settings
 from tests.conftest import AZAION_BIN, run_azaion
@@ -35,11 +42,11 @@ def start_consumer(rabbit, stream: str, log: Path, *args: str) -> subprocess.Pop
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
-def wait_for(condition, timeout: float, what: str) -> None:
+def wait_for(condition, timeout: float, what: str, poll_s: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+        time.sleep(poll_s)
 
 
 def publish_when_ready(settings: RabbitMQSettings, entries: list[bytes], timeout: float = 30) -> None:
@@ -67,6 +74,13 @@ def long_stream(count: int) -> list[bytes]:
         if i % 50 == 25:
             entries.append(b"\xc1 not a message")
     return entries
+
+
+def decode_or_none(entry: bytes):
+    try:
+        return decode(entry)
+    except MessageRejected:
+        return None
 
 
 def reference_tree(tmp_path: Path, entries: list[bytes]) -> dict[str, str]:
@@ -130,18 +144,29 @@ def test_sigterm_commits_and_server_offset_resumes_without_offset_file(rabbit, r
 
 
 def test_sigkill_at_random_moments_then_resume(rabbit, root, tmp_path, stream_name):
-    entries = long_stream(300)
+    entries = long_stream(800)
     publish(rabbit_settings(rabbit, stream_name), entries)
     rng = random.Random(3)
     log = tmp_path / "consumer.log"
     offset_yaml = root / "queue-state" / "offset.yaml"
     committed_at_kill = []
-    for _ in range(4):
+
+    def labels() -> set[str]:  # every annotation has one label file somewhere, whatever its area
+        return {path.stem for path in root.glob("*/labels/[!.]*")}
+
+    created_at = [message.name if isinstance(message := decode_or_none(entry), AnnotationMessage) else None
+                  for entry in entries]
+
+    for run in range(1, 5):
         process = start_consumer(rabbit, stream_name, log)
-        time.sleep(rng.uniform(1.2, 2.2))
+        # a random moment mid-stream, each run further (of 800 names) however fast the consumer goes
+        target = 150 * run + rng.randint(0, 100)
+        wait_for(lambda target=target: len(labels()) >= target, 60, "the consumer to apply more", poll_s=0.005)
         process.kill()
         process.wait()
         committed_at_kill.append(offset_file(root)["offset"] if offset_yaml.exists() else -1)
+        committed_names = {name for name in created_at[:committed_at_kill[-1] + 1] if name}
+        assert committed_names <= labels()  # the committed offset never runs ahead of the files
         for image in (root / "data" / "images").glob("[!.]*"):  # every visible file is whole (temp files are dot-files)
             assert image_format(image.read_bytes()) is not None, image
         for label in (root / "data" / "labels").glob("[!.]*"):

@@ -19,6 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from azaion_training.dataset.check_cache import cache_file
 from azaion_training.dataset.progress import Progress
 from azaion_training.dataset.sources import CheckedPair, check_pairs, image_problem, scan_pairs
 from azaion_training.fsutil import TEMP_PREFIX, atomic_write_bytes, atomic_write_text, link_or_copy
@@ -60,6 +61,10 @@ class AugmentJob:
     def from_checked(cls, checked: CheckedPair, min_area: float) -> "AugmentJob":
         return cls(checked.pair.name, Path(checked.pair.image), Path(checked.pair.label),
                    cache_key(checked.image_sha256, checked.label_sha256, min_area))
+
+    @property
+    def seed(self) -> int:
+        return int(self.key[:8], 16)
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,7 @@ def augment_one(job: AugmentJob, processed_root: Path, min_area: float) -> Outco
     except (OSError, LabelError) as exc:
         outcome.error = str(exc)
         return outcome
-    _pipeline.set_random_seed(int(job.key[:8], 16))  # the same source always gets the same variants
+    _pipeline.set_random_seed(job.seed)  # the same source always gets the same variants
     for number in range(1, VARIANTS + 1):
         try:
             augmented, variant_boxes = augment_variant(_pipeline, image, boxes, min_area)
@@ -209,7 +214,7 @@ def _run_inline(jobs: Sequence[AugmentJob], processed_root: Path, min_area: floa
         yield augment_one(job, processed_root, min_area)
 
 
-def _run_in_processes(jobs: Sequence[AugmentJob], processed_root: Path, min_area: float,
+def run_in_processes(jobs: Sequence[AugmentJob], processed_root: Path, min_area: float,
                       workers: int) -> Iterator[Outcome]:
     import multiprocessing
 
@@ -246,7 +251,7 @@ def run_jobs(layout: Layout, jobs: Iterable[AugmentJob], workers: int = 0, min_a
         else:
             summary.variants[job.name] = cached
             summary.reused += 1
-    runner = (_run_in_processes(todo, layout.processed.root, min_area, workers) if workers > 0
+    runner = (run_in_processes(todo, layout.processed.root, min_area, workers) if workers > 0
               else _run_inline(todo, layout.processed.root, min_area))
     with Progress("augmenting", len(todo), progress) as bar:
         for outcome in runner:
@@ -267,7 +272,7 @@ def augment_data(settings: Settings, workers: int = 0, min_area: float = MIN_BOX
     and skipped (dataset formation is what quarantines them)."""
     layout = Layout(settings.paths)
     pairs, orphans, _fresh = scan_pairs(layout.data)
-    good, bad = check_pairs(pairs, progress)
+    good, bad = check_pairs(pairs, progress, cache=cache_file(layout))
     summary = run_jobs(layout, (AugmentJob.from_checked(c, min_area) for c in good), workers, min_area, progress)
     for item in (*orphans, *bad):
         summary.skipped[item.pair.name] = item.reason

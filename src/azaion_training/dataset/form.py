@@ -24,8 +24,9 @@ import yaml
 from azaion_training.annotation_index import read_source_media
 from azaion_training.classes import MODEL_SLOTS, model_class_names
 from azaion_training.dataset.augment import AugmentJob, run_jobs
+from azaion_training.dataset.check_cache import cache_file
 from azaion_training.dataset.progress import Progress
-from azaion_training.dataset.sources import THREADS, BadPair, CheckedPair, check_pairs, in_chunks, scan_pairs
+from azaion_training.dataset.sources import BadPair, CheckedPair, check_pairs, in_chunks, scan_pairs
 from azaion_training.dataset.split import SPLITS, SplitItem, assign_splits
 from azaion_training.errors import InputError
 from azaion_training.fsutil import atomic_write_text, durable_move, link_or_copy
@@ -39,6 +40,8 @@ logger = get_logger("dataset")
 LINK_METHODS = ("hardlink", "symlink", "copy")
 DATASET_NAME = re.compile(r"azaion-(\d{4}-\d{2}-\d{2})(?:-(\d+))?")
 EXAMPLES = 10
+LINK_THREADS = 2  # os.link is a syscall that releases the GIL: two threads overlap its kernel time
+LINK_CHUNK = 4096
 
 
 @dataclass
@@ -171,7 +174,7 @@ def form_dataset(settings: Settings, name: str | None = None, seed: int = 0, spl
     if fresh:
         warnings.append(f"{len(fresh)} incomplete annotation(s) younger than a few minutes left in data/ "
                         f"(still being written?), e.g. {fresh[0]}")
-    good, bad = check_pairs(pairs, progress)
+    good, bad = check_pairs(pairs, progress, cache=cache_file(layout))
     bad = orphans + bad
     examples = [f"{b.pair.name}: {b.reason}" for b in bad[:EXAMPLES]]
     for item in bad:
@@ -223,7 +226,17 @@ def form_dataset(settings: Settings, name: str | None = None, seed: int = 0, spl
 
 
 def _place(plan: Sequence[tuple[str, str]], link: str) -> Counter:
-    return Counter(link_or_copy(source, target, link) for source, target in plan)
+    """Place every (source, target); the common case is a bare os.link per file."""
+    if link != "hardlink":
+        return Counter(link_or_copy(source, target, link) for source, target in plan)
+    used = Counter()
+    for source, target in plan:
+        try:
+            os.link(source, target)
+            used["hardlink"] += 1
+        except OSError:  # across filesystems and the like: link_or_copy decides (or raises)
+            used[link_or_copy(source, target, link)] += 1
+    return used
 
 
 def _link_files(dataset: Path, good: list[CheckedPair], assignment: dict[str, str], media_of: dict[str, str],
@@ -233,19 +246,20 @@ def _link_files(dataset: Path, good: list[CheckedPair], assignment: dict[str, st
     histogram = {s: Counter() for s in SPLITS}
     counts = dict.fromkeys(SPLITS, 0)
     sources = dict.fromkeys(SPLITS, 0)
+    root, processed = str(dataset), str(layout.processed.root)
     for checked in good:
         name = checked.pair.name
         split = assignment[name]
         sources[split] += 1
         histogram[split].update(checked.classes)
-        for source, relative, sha256, kind in _dataset_files(checked, split, augmented, str(layout.processed.root)):
-            plan.append((source, f"{dataset}/{relative}"))
+        for source, relative, sha256, kind in _dataset_files(checked, split, augmented, processed):
+            plan.append((source, f"{root}/{relative}"))
             counts[split] += kind == "image"
             files.append({"path": relative, "split": split, "sha256": sha256, "annotation": name,
                           "source_media": media_of[name]})
     methods = Counter()
-    chunks = in_chunks(plan)
-    with Progress("linking files", len(plan), progress) as bar, ThreadPoolExecutor(THREADS) as pool:
+    chunks = in_chunks(plan, LINK_CHUNK)
+    with Progress("linking files", len(plan), progress) as bar, ThreadPoolExecutor(LINK_THREADS) as pool:
         for chunk, used in zip(chunks, pool.map(lambda c: _place(c, link), chunks), strict=True):
             methods.update(used)
             bar.advance(len(chunk))

@@ -5,19 +5,25 @@ the SOI magic and carry the EOI marker at its end (a truncated upload loses it),
 start with its signature and end with the IEND chunk. Decoding 100,000 JPEGs would cost
 minutes; the structural check costs nothing beyond the read the sha256 needs anyway. Other
 formats (BMP, WebP, TIFF) are rare and fully decoded with OpenCV.
+
+Checks are remembered in a CheckCache (check_cache.py), so a re-formation reads only new or
+changed files. A large first pass runs in forked processes over chunks: the check is
+CPU-bound Python (threads measured slower than one thread here).
 """
 
 import hashlib
+import multiprocessing
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from azaion_training.dataset.check_cache import CheckCache, Entry, Signature, stat_signature
 from azaion_training.dataset.progress import Progress
 from azaion_training.fsutil import TEMP_PREFIX
-from azaion_training.labels import LabelError, parse_label_text
+from azaion_training.labels import LabelError, label_classes
 from azaion_training.layout import Area
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -26,8 +32,8 @@ JPEG_END = b"\xff\xd9"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # A half-written pair (the consumer is storing it right now) is left alone for this long.
 FRESH_S = 120.0
-THREADS = 8  # reads, hashing and links release the GIL: threads overlap the per-file I/O
-CHUNK = 256
+CHUNK = 1024  # pairs per process task: one task per file costs more than the check itself
+POOL_MIN = 4000  # fewer unchecked pairs than this: forking processes costs more than it saves
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class CheckedPair:
     image_sha256: str
     label_sha256: str
     classes: tuple[int, ...]  # one per box
+    signature: Signature  # of the files as they were read: the check cache's key
 
 
 @dataclass(frozen=True)
@@ -114,38 +121,115 @@ def scan_pairs(area: Area) -> tuple[list[Pair], list[BadPair], list[str]]:
     return pairs, bad, fresh
 
 
-def check_pair(pair: Pair) -> CheckedPair | BadPair:
+def _read(path: str) -> tuple[bytes, tuple[int, int, int]]:
+    """The file and the signature of what was read (fstat of the open file: a file changed
+    after it has a new signature, so the cache never pairs its new content with this one)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        with open(pair.image, "rb") as image, open(pair.label, "rb") as label:
-            image_bytes, label_bytes = image.read(), label.read()
+        stats = os.fstat(fd)
+        return os.read(fd, stats.st_size), stat_signature(stats)
+    finally:
+        os.close(fd)
+
+
+# A check's outcome in plain values (cheap to send back from a worker process): the reason a
+# pair is bad, or (image sha256, label sha256, classes, signature)
+Outcome = str | tuple[str, str, tuple[int, ...], Signature]
+
+
+def _examine(pair: Pair) -> Outcome:
+    try:
+        image_bytes, image_signature = _read(pair.image)
+        label_bytes, label_signature = _read(pair.label)
     except OSError as exc:
-        return BadPair(pair, f"cannot be read: {exc.strerror or exc}")
+        return f"cannot be read: {exc.strerror or exc}"
     problem = image_problem(image_bytes, os.path.splitext(pair.image)[1])
     if problem:
-        return BadPair(pair, problem)
+        return problem
     try:
-        boxes = parse_label_text(label_bytes.decode("utf-8"))
+        classes = label_classes(label_bytes.decode("utf-8"))
     except UnicodeDecodeError:
-        return BadPair(pair, "label is not UTF-8 text")
+        return "label is not UTF-8 text"
     except LabelError as exc:
-        return BadPair(pair, f"label {exc}")
-    return CheckedPair(pair, hashlib.sha256(image_bytes).hexdigest(), hashlib.sha256(label_bytes).hexdigest(),
-                       tuple(box.cls for box in boxes))
+        return f"label {exc}"
+    return (hashlib.sha256(image_bytes).hexdigest(), hashlib.sha256(label_bytes).hexdigest(), classes,
+            image_signature + label_signature)
+
+
+def _result(pair: Pair, outcome: Outcome) -> CheckedPair | BadPair:
+    return BadPair(pair, outcome) if isinstance(outcome, str) else CheckedPair(pair, *outcome)
+
+
+def check_pair(pair: Pair) -> CheckedPair | BadPair:
+    return _result(pair, _examine(pair))
+
+
+def _examine_chunk(pairs: Sequence[Pair]) -> list[Outcome]:
+    return [_examine(pair) for pair in pairs]
 
 
 def in_chunks(items: Sequence, size: int = CHUNK) -> list[Sequence]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def check_pairs(pairs: Sequence[Pair], progress: bool = True) -> tuple[list[CheckedPair], list[BadPair]]:
-    """Check and hash every pair (threads, in chunks: one future per file costs more than the
-    check itself), in input order."""
+def _current_signature(pair: Pair) -> Signature | None:
+    try:
+        return stat_signature(os.stat(pair.image)) + stat_signature(os.stat(pair.label))
+    except OSError:
+        return None  # gone or unreadable: the check will say so
+
+
+def _from_cache(pairs: Sequence[Pair], entries: dict[str, Entry]) -> tuple[dict[str, CheckedPair], list[Pair]]:
+    """(name -> checked pair, for those whose files are unchanged since cached; the rest)."""
+    hits: dict[str, CheckedPair] = {}
+    misses: list[Pair] = []
+    for pair in pairs:
+        entry = entries.get(pair.name)
+        if entry is not None and entry[0] == os.path.basename(pair.image) and entry[1] == _current_signature(pair):
+            hits[pair.name] = CheckedPair(pair, entry[2], entry[3], entry[4], entry[1])
+        else:
+            misses.append(pair)
+    return hits, misses
+
+
+def _check_all(pairs: Sequence[Pair], progress: bool, processes: int | None) -> list[CheckedPair | BadPair]:
+    """Results in input order: in forked processes when there are many pairs, else here."""
+    if processes is None:
+        processes = min(os.cpu_count() or 1, 4) if len(pairs) >= POOL_MIN else 1
+    chunks = in_chunks(pairs, max(1, min(CHUNK, -(-len(pairs) // processes))))  # every process gets work
+    results: list[CheckedPair | BadPair] = []
+    if processes <= 1:
+        with Progress("checking annotations", len(pairs), progress) as bar:
+            for chunk in chunks:
+                results.extend(map(_result, chunk, _examine_chunk(chunk)))
+                bar.advance(len(chunk))
+        return results
+    # fork: no interpreter start-up or re-imports; the pool forks at the first submit, before
+    # the progress bar starts its thread
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(_examine_chunk, chunk) for chunk in chunks]
+        with Progress("checking annotations", len(pairs), progress) as bar:
+            for chunk, future in zip(chunks, futures, strict=True):
+                results.extend(map(_result, chunk, future.result()))
+                bar.advance(len(chunk))
+    return results
+
+
+def check_pairs(pairs: Sequence[Pair], progress: bool = True, cache: Path | None = None,
+                processes: int | None = None) -> tuple[list[CheckedPair], list[BadPair]]:
+    """Check and hash every pair, in input order. With `cache` (a CheckCache file) only pairs
+    whose files changed since their last check are read. `processes`: None picks by size."""
+    check_cache = CheckCache(cache) if cache is not None else None
+    entries = check_cache.load() if check_cache else {}
+    hits, misses = _from_cache(pairs, entries)
+    checked = {result.pair.name: result for result in _check_all(misses, progress, processes)}
     good: list[CheckedPair] = []
     bad: list[BadPair] = []
-    with Progress("checking annotations", len(pairs), progress) as bar, ThreadPoolExecutor(THREADS) as pool:
-        for results in pool.map(lambda chunk: [check_pair(p) for p in chunk], in_chunks(pairs)):
-            for result in results:
-                (good if isinstance(result, CheckedPair) else bad).append(result)
-            bar.advance(len(results))
+    for pair in pairs:
+        result = hits.get(pair.name) or checked[pair.name]
+        (good if isinstance(result, CheckedPair) else bad).append(result)
+    if check_cache is not None:
+        fresh = [(r.pair.name, (os.path.basename(r.pair.image), r.signature, r.image_sha256, r.label_sha256,
+                                r.classes)) for r in checked.values() if isinstance(r, CheckedPair)]
+        check_cache.update(fresh, stale=entries.keys() - {c.pair.name for c in good})
     return good, bad
-

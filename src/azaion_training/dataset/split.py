@@ -45,7 +45,8 @@ def parse_ratios(text: str) -> tuple[int, int, int]:
 
 
 def assign_splits(items: Sequence[SplitItem], ratios: Sequence[int] = (70, 20, 10), seed: int = 0) -> dict[str, str]:
-    """name -> split name, deterministic for `seed`."""
+    """name -> split name, deterministic for `seed`. O(boxes): per group, each split's need
+    is a sum over the group's boxes (plain lists indexed by class, no Counters)."""
     groups: dict[str, list[SplitItem]] = defaultdict(list)
     for item in items:
         groups[item.group].append(item)
@@ -56,29 +57,36 @@ def assign_splits(items: Sequence[SplitItem], ratios: Sequence[int] = (70, 20, 1
     weight = sum(ratios)
     targets = split_targets(len(items), ratios)
     class_totals = Counter(c for item in items for c in item.classes)
-    class_counts = [Counter() for _ in SPLITS]
+    slots = max(class_totals, default=-1) + 1
+    inverse_totals = [1 / class_totals[c] if class_totals[c] else 0.0 for c in range(slots)]
+    # need[i][c]: how many more boxes of class c split i should get, over the class's total
+    need = [[class_totals[c] * ratio / weight * inverse_totals[c] for c in range(slots)] for ratio in ratios]
     counts = [0] * len(SPLITS)
     assignment: dict[str, str] = {}
     for group in order:
         members = groups[group]
-        classes = Counter(c for item in members for c in item.classes)
-        chosen = _choose_split(len(members), classes, counts, targets, class_counts, class_totals, ratios, weight)
+        boxes = [c for item in members for c in item.classes]
+        chosen = _choose_split(len(members), boxes, counts, targets, need)
         counts[chosen] += len(members)
-        class_counts[chosen].update(classes)
+        chosen_need = need[chosen]
+        for c in boxes:
+            chosen_need[c] -= inverse_totals[c]
         for item in members:
             assignment[item.name] = SPLITS[chosen]
     return assignment
 
 
-def _choose_split(size, classes, counts, targets, class_counts, class_totals, ratios, weight) -> int:
-    indices = range(len(SPLITS))
-    fitting = [i for i in indices if counts[i] + size <= targets[i]]
-    if not fitting:  # a group larger than any room left: the split with the most room takes it
-        return max(indices, key=lambda i: (targets[i] - counts[i], -i))
-
-    def need(i: int) -> tuple[float, float]:
-        class_need = sum(n * (class_totals[c] * ratios[i] / weight - class_counts[i][c]) / class_totals[c]
-                         for c, n in classes.items())
-        return class_need, (targets[i] - counts[i]) / max(targets[i], 1)
-
-    return max(fitting, key=need)
+def _choose_split(size: int, boxes: list[int], counts: list[int], targets: list[int],
+                  need: list[list[float]]) -> int:
+    """Among the splits with room for `size` more, the one whose classes need `boxes` most
+    (ties: the one with the most room left, relative to its target)."""
+    best, best_key = -1, None
+    for i, split_need in enumerate(need):
+        room = targets[i] - counts[i]
+        if room >= size:
+            key = (sum([split_need[c] for c in boxes]), room / (targets[i] or 1))
+            if best_key is None or key > best_key:
+                best, best_key = i, key
+    if best < 0:  # a group larger than any room left: the split with the most room takes it
+        return max(range(len(SPLITS)), key=lambda i: (targets[i] - counts[i], -i))
+    return best

@@ -1,18 +1,23 @@
 """`azaion queue consume`: the long-running stream consumer.
 
 One session = connect, wait for the stream, subscribe at the resume position, apply messages
-as they arrive (group commit on a short timer), until a signal, an idle timeout or a lost
-connection. Lost connections and local failures end the session; the next one starts after
-a capped exponential backoff from the last committed offset, so nothing is skipped. rstream's
-own recovery is off: it would resubscribe after the last *delivered* chunk, not the last
-*applied* message.
+as they arrive, until a signal, an idle timeout or a lost connection. rstream's callback only
+queues each message for the `Applier`, a thread that applies them in order and group-commits
+them, so the socket is read while earlier messages are decoded and written (both mostly wait on
+the kernel, which releases the GIL). Lost connections and local failures end the session; the
+next one starts after a capped exponential backoff from the last committed offset, so nothing
+is skipped. rstream's own recovery is off: it would resubscribe after the last *delivered*
+chunk, not the last *applied* message.
 """
 
 import asyncio
 import contextlib
 import logging
+import queue
 import signal
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rstream import Consumer, ConsumerOffsetSpecification, MessageContext, OffsetType
@@ -29,7 +34,10 @@ from azaion_training.queue.messages import Limits
 from azaion_training.settings import Settings, require_secret
 
 logger = get_logger("queue")
-COMMIT_INTERVAL_S = 0.2
+GROUP_WINDOW_S = 0.5  # the longest an applied message waits for its group commit
+PUMP_INTERVAL_S = 0.2  # how often the committed offset is stored server-side and idleness checked
+INBOX_DEPTH = 64  # messages delivered but not yet applied (bounds the memory they hold)
+INBOX_FULL_WAIT_S = 0.005
 STREAM_POLL_S = 2.0
 CLOSE_TIMEOUT_S = 2.0
 # rstream reads the socket 256 bytes at a time: a 300 KB annotation costs >1000 Python-level
@@ -74,6 +82,94 @@ class SessionEnded(Exception):
     """The connection was lost or a local failure happened: reconnect after a backoff."""
 
 
+class Applier:
+    """Applies delivered messages in order in a thread of its own and group-commits them
+    (`AnnotationHandler.commit`: files durable, then the index, then offset.yaml) every
+    COMMIT_EVERY messages or GROUP_WINDOW_S; `on_commit(offset)` follows each commit."""
+
+    def __init__(self, handler: AnnotationHandler, progress: ProgressLog, on_commit: Callable[[int], None]):
+        self.handler = handler
+        self.progress = progress
+        self.on_commit = on_commit
+        self.failure: str | None = None
+        self.last_activity = time.monotonic()
+        self._stopping = False  # a plain flag: also set from a signal handler
+        self._inbox: queue.Queue[tuple[int, bytes, int]] = queue.Queue(INBOX_DEPTH)
+        self._thread = threading.Thread(target=self._run, name="azaion-applier", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return not self._stopping and self.failure is None
+
+    def offer(self, offset: int, data: bytes, timestamp_ms: int) -> bool:
+        """Queue a message; False when the inbox is full (offer it again a moment later)."""
+        try:
+            self._inbox.put_nowait((offset, data, timestamp_ms))
+        except queue.Full:
+            return False
+        return True
+
+    def request_stop(self) -> None:
+        """The message being applied is the last one; queued ones stay uncommitted (delivered again)."""
+        self._stopping = True
+
+    def stop(self) -> None:
+        """Stop after the current message and wait for the final commit."""
+        self.request_stop()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            self._apply_until_stopped()
+        except Exception as exc:  # a bug: end the session (and reconnect) rather than hang it
+            log(logger, logging.ERROR, "the applier failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            self.failure = f"applier failed: {type(exc).__name__}"
+        self._commit()
+
+    def _apply_until_stopped(self) -> None:
+        commit_due: float | None = None  # when the open group must be committed
+        while self.running:
+            timeout = PUMP_INTERVAL_S if commit_due is None else max(0.0, commit_due - time.monotonic())
+            try:
+                offset, data, timestamp_ms = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                pass
+            else:
+                if not self.running:  # stopped while waiting: this message stays uncommitted
+                    return
+                self._apply(offset, data, timestamp_ms)
+                commit_due = commit_due or time.monotonic() + GROUP_WINDOW_S
+            if self.handler.pending >= COMMIT_EVERY or (commit_due and time.monotonic() >= commit_due):
+                self._commit()
+                commit_due = None
+            self.progress.maybe_log()
+
+    def _apply(self, offset: int, data: bytes, timestamp_ms: int) -> None:
+        try:
+            self.handler.handle(offset, data, timestamp_ms)
+        except Exception as exc:  # this machine failed (disk, permissions): retry from the last commit
+            log(logger, logging.ERROR, "could not apply a message; will retry from the last committed offset",
+                offset=offset, error=f"{type(exc).__name__}: {exc}"[:300])
+            self.failure = f"local failure at offset {offset}"
+            return
+        self.last_activity = time.monotonic()
+
+    def _commit(self) -> None:
+        """Commit the fully applied messages; after a failed commit, drop the group (its files
+        converge when the messages are applied again)."""
+        try:
+            committed = self.handler.commit()
+        except Exception as exc:
+            self.handler.abandon()
+            log(logger, logging.ERROR, "commit failed; will retry from the last committed offset",
+                error=f"{type(exc).__name__}: {exc}"[:300])
+            self.failure = self.failure or f"commit failed: {type(exc).__name__}: {exc}"
+            return
+        if committed is not None:
+            self.on_commit(committed)
+
+
 class StreamConsumer:
     def __init__(self, settings: Settings, start: StartSpec, exit_when_idle: float | None = None,
                  create_stream: bool = False, handler: AnnotationHandler | None = None):
@@ -89,11 +185,11 @@ class StreamConsumer:
         self.progress = ProgressLog(self.handler.counts)
         self.committed: int | None = None  # last offset committed by this process
         self.stored: int | None = None  # last offset stored server-side
-        self.stop_requested = False  # set from a signal handler, read between messages
+        self.stop_requested = False  # set from a signal handler
         self.stopped_by = "signal"
-        self._seen: int | None = None  # messages at or below this offset are duplicates
+        self._applier: Applier | None = None  # the session's
+        self._delivered: int | None = None  # messages at or below this offset are duplicates
         self._lost: str | None = None
-        self._last_activity = time.monotonic()
 
     # ------------------------------------------------------------ top level
 
@@ -123,10 +219,10 @@ class StreamConsumer:
         return ConsumeResult(self.handler.counts, self.committed, self.stopped_by)
 
     def _install_signal_handlers(self) -> None:
-        # signal.signal, not loop.add_signal_handler: the flag must be set even while a chunk's
-        # messages are being applied synchronously, so the current message is the last one.
         def request_stop(signum, _frame) -> None:
             self.stop_requested = True
+            if self._applier is not None:
+                self._applier.request_stop()  # the message being applied is the last one
             log(logger, logging.INFO, "stop requested; finishing the current message",
                 signal=signal.Signals(signum).name)
 
@@ -151,27 +247,29 @@ class StreamConsumer:
             if not await self._wait_for_stream(consumer):
                 return
             offset_spec = await self._start_position(consumer)
-            self._seen = self.committed
+            self._delivered = self.committed
+            self._applier = Applier(self.handler, self.progress, self._on_commit)
             await consumer.subscribe(self.stream, self._on_message, offset_specification=offset_spec,
                                      subscriber_name=self.rabbit.consumer_name, initial_credit=8)
             log(logger, logging.INFO, "consuming", stream=self.stream, host=self.rabbit.host,
                 port=self.rabbit.port, start=offset_spec.offset_type.name, offset=offset_spec.offset)
-            self._last_activity = time.monotonic()
-            await self._pump(consumer)
+            await self._pump(consumer, self._applier)
         finally:
-            await self._commit(consumer, final=True)
+            if self._applier is not None:
+                self._applier.stop()  # finishes the current message and commits
+                self._applier = None
+            await self._store_offset(consumer, final=True)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.close(), CLOSE_TIMEOUT_S)
 
-    async def _pump(self, consumer: Consumer) -> None:
-        """Commit on a timer until stopped, idle or disconnected."""
+    async def _pump(self, consumer: Consumer, applier: Applier) -> None:
+        """Store the committed offset server-side on a timer until stopped, idle or disconnected."""
         while not self.stop_requested:
-            await asyncio.sleep(COMMIT_INTERVAL_S)
-            await self._commit(consumer)
-            self.progress.maybe_log()
-            if self._lost:
-                raise SessionEnded(self._lost)
-            if self.exit_when_idle is not None and time.monotonic() - self._last_activity >= self.exit_when_idle:
+            await asyncio.sleep(PUMP_INTERVAL_S)
+            await self._store_offset(consumer)
+            if self._lost or applier.failure:
+                raise SessionEnded(self._lost or applier.failure)
+            if self.exit_when_idle is not None and time.monotonic() - applier.last_activity >= self.exit_when_idle:
                 log(logger, logging.INFO, "no new message; exiting", idle_s=self.exit_when_idle)
                 self.stopped_by = "idle"
                 self.stop_requested = True
@@ -214,48 +312,29 @@ class StreamConsumer:
 
     # ------------------------------------------------------------ messages and commits
 
-    def _on_message(self, data: bytes, context: MessageContext) -> None:
-        """rstream's delivery callback. Synchronous on purpose: a chunk's messages are applied
-        one after another without yielding, so commits always fall between messages."""
-        if self.stop_requested or self._lost or (self._seen is not None and context.offset <= self._seen):
+    async def _on_message(self, data: bytes, context: MessageContext) -> None:
+        """rstream's delivery callback: queue the message for the applier. While its inbox is full
+        this waits, and rstream grants the broker no new credit meanwhile: memory stays bounded."""
+        applier = self._applier
+        if applier is None or (self._delivered is not None and context.offset <= self._delivered):
             return
-        try:
-            self.handler.handle(context.offset, data, context.timestamp)
-        except Exception as exc:  # this machine failed (disk, permissions): retry from the last commit
-            log(logger, logging.ERROR, "could not apply a message; will retry from the last committed offset",
-                offset=context.offset, error=f"{type(exc).__name__}: {exc}"[:300])
-            self._lost = f"local failure at offset {context.offset}"
-            self._abandon_or_commit()
-            return
-        self._seen = context.offset
-        self._last_activity = time.monotonic()
-        if self.handler.pending >= COMMIT_EVERY:
-            self._commit_local()
+        while applier.running and not self._lost:
+            if applier.offer(context.offset, data, context.timestamp):
+                self._delivered = context.offset
+                return
+            await asyncio.sleep(INBOX_FULL_WAIT_S)
 
-    def _commit_local(self) -> None:
-        committed = self.handler.commit()
-        if committed is not None:
-            self.committed = committed
+    def _on_commit(self, offset: int) -> None:  # called by the applier thread
+        self.committed = offset
 
-    def _abandon_or_commit(self) -> None:
-        """After a failure: keep the fully applied messages if the commit works, else drop the batch."""
-        try:
-            self._commit_local()
-        except Exception:
-            self.handler.abandon()
-
-    async def _commit(self, consumer: Consumer, final: bool = False) -> None:
-        if self.handler.pending:
+    async def _store_offset(self, consumer: Consumer, final: bool = False) -> None:
+        """Store the last durable offset server-side (never one whose effects are not durable)."""
+        committed = self.committed
+        if committed is not None and committed != self.stored and not self._lost:
             try:
-                self._commit_local()
-            except Exception as exc:
-                self.handler.abandon()
-                raise SessionEnded(f"commit failed: {type(exc).__name__}: {exc}") from exc
-        if self.committed is not None and self.committed != self.stored and not self._lost:
-            try:
-                await asyncio.wait_for(consumer.store_offset(self.stream, self.rabbit.consumer_name,
-                                                             self.committed), 1.0 if final else 5.0)
-                self.stored = self.committed
+                await asyncio.wait_for(consumer.store_offset(self.stream, self.rabbit.consumer_name, committed),
+                                       1.0 if final else 5.0)
+                self.stored = committed
             except Exception as exc:  # offset.yaml has it; the server copy catches up next time
                 log(logger, logging.DEBUG, "could not store the offset server-side", error=str(exc))
 

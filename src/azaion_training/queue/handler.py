@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from azaion_training.annotation_index import AnnotationIndex, IndexEntry
-from azaion_training.fsutil import atomic_write_bytes, atomic_write_text, fsync_dir, remove_stale_temp_files
+from azaion_training.fsutil import TEMP_PREFIX, atomic_write_text, fsync_dir, remove_stale_temp_files
 from azaion_training.layout import Area, Layout
 from azaion_training.logs import get_logger, log
 from azaion_training.queue.dumpfile import iter_dump
@@ -217,7 +217,24 @@ class AnnotationHandler:
         return moved
 
     def _write(self, path: Path, data: bytes) -> None:
-        atomic_write_bytes(path, data, durable=False)  # made durable together in commit()
+        """Write a temp file beside `path` and rename it into place (never visible half-written).
+        Leaner than fsutil.atomic_writer, which costs twice the time per small file: no fsync
+        (the whole group is made durable in commit()), a fixed temp name (one writer: the
+        instance lock; leftovers are removed at start), the umask applied by open()."""
+        temp = path.with_name(TEMP_PREFIX + path.name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        try:
+            fd = os.open(temp, flags, 0o666)
+        except FileNotFoundError:  # the directory was removed while we ran
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(temp, flags, 0o666)
+        try:  # a failed write leaves only the dot-file temp (overwritten next time, removed at start)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
         self._touched.add(path)
         self._dirs.add(path.parent)
 
