@@ -4,7 +4,7 @@ In one run: (a) the bare Albumentations chain on the same images, with JPEG deco
 encode, 7 variants per image, in this process, with the same random seeds as ours (the
 reference: the same transforms are drawn); (b) our `run_jobs` in this process (checks,
 clipping, writes, hashes, cache index); (c) our worker pool with 1 and 2 processes on 3N
-images, in steady state: timed from the moment every worker has returned its first image,
+images (the N scenes thrice, so the work per image is the same), in steady state: timed from the moment every worker has returned its first image,
 which takes the workers' start-up (spawn + imports, a few seconds) out. Prints one JSON line; targets:
 (b)/(a) >= 0.85, 2 workers near 2x of 1. (a) and (b) alternate, best of two rounds each.
 
@@ -78,8 +78,9 @@ def main() -> None:
         layout = Layout(load_settings().paths)
         layout.init()
         rng = np.random.default_rng(0)
-        for i in range(args.n * 3):
-            scene = render_scene(rng, args.size)
+        scenes = [render_scene(rng, args.size) for _ in range(args.n)]
+        for i in range(args.n * 3):  # the pool's images repeat the N scenes: the same work per image
+            scene = scenes[i % args.n]
             layout.data.image_path(f"img{i:03d}", ".jpg").write_bytes(encode_jpeg(scene.image))
             layout.data.label_path(f"img{i:03d}").write_text(label_text(scene.labels))
         pool_jobs = [AugmentJob.from_checked(check_pair(p), MIN_BOX_AREA) for p in scan_pairs(layout.data)[0]]
