@@ -4,9 +4,10 @@ In one run: (a) the bare Albumentations chain on the same images, with JPEG deco
 encode, 7 variants per image, in this process, with the same random seeds as ours (the
 reference: the same transforms are drawn); (b) our `run_jobs` in this process (checks,
 clipping, writes, hashes, cache index); (c) our worker pool with 1 and 2 processes on 3N
-images (the N scenes thrice, so the work per image is the same), in steady state: timed from the moment every worker has returned its first image,
-which takes the workers' start-up (spawn + imports, a few seconds) out. Prints one JSON line; targets:
-(b)/(a) >= 0.85, 2 workers near 2x of 1. (a) and (b) alternate, best of two rounds each.
+images (the N scenes thrice, so the work per image is the same), in steady state: timed
+from the moment every worker has returned its first image, which takes the workers'
+start-up (spawn + imports, a few seconds) out. (a) and (b) alternate, best of two rounds
+each. Prints one JSON line; targets: (b)/(a) >= 0.85, 2 workers near 2x of 1.
 
     .venv/bin/python benchmarks/augment.py [--n 12]
 """
