@@ -128,3 +128,13 @@ def test_stats_without_datasets_is_an_input_error(root):
         from azaion_training.settings import load_settings
 
         resolve_dataset("no-such-dataset", Layout(load_settings().paths))
+
+
+def test_a_dataset_name_wins_over_a_same_named_folder_in_the_working_directory(layout, tmp_path, monkeypatch):
+    from azaion_training.dataset.form import resolve_dataset
+
+    (layout.datasets / "azaion-demo").mkdir()
+    (tmp_path / "cwd" / "azaion-demo").mkdir(parents=True)  # e.g. the demo's own work dir
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert resolve_dataset("azaion-demo", layout) == layout.datasets / "azaion-demo"
+    assert resolve_dataset(str(tmp_path / "cwd" / "azaion-demo"), layout) == tmp_path / "cwd" / "azaion-demo"

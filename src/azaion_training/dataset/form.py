@@ -83,9 +83,10 @@ def resolve_dataset(target: str | Path | None, layout: Layout) -> Path:
         if latest is None:
             raise InputError(f"no dataset in {layout.datasets}: form one with `azaion dataset form`")
         return latest
-    path = Path(target)
-    if not path.exists() and is_safe_name(str(target)):
-        path = layout.datasets / str(target)
+    # A bare name means datasets/<name> even when the working directory happens to hold a
+    # folder of that name; anything else is a path.
+    named = layout.datasets / str(target) if is_safe_name(str(target)) else None
+    path = named if named is not None and named.is_dir() else Path(target)
     if not path.is_dir():
         raise InputError(f"{target} is neither a directory nor a dataset name in {layout.datasets}")
     return path

@@ -150,7 +150,7 @@ def _form(settings: Settings, seed: int):
 def _train(settings: Settings, formed):
     from azaion_training.training.train import TrainRequest, train
 
-    return train(settings, TrainRequest(dataset=formed.path.name, hyperparameters=DEMO_HYPERPARAMETERS))
+    return train(settings, TrainRequest(dataset=str(formed.path), hyperparameters=DEMO_HYPERPARAMETERS))
 
 
 def _export(settings: Settings, formed):
