@@ -134,7 +134,8 @@ def _pytorch_predictions(weights: Path, images: list[Path], imgsz: int) -> list[
     model = YOLO(str(weights))
     found = []
     for image in images:
-        boxes = model.predict(str(image), imgsz=imgsz, conf=PARITY_CONF, iou=PARITY_IOU, verbose=False)[0].boxes
+        boxes = model.predict(str(image), imgsz=imgsz, conf=PARITY_CONF, iou=PARITY_IOU, agnostic_nms=True,
+                              verbose=False)[0].boxes
         found.append([(int(c), float(s), *map(float, xyxy)) for c, s, xyxy in
                       zip(boxes.cls.tolist(), boxes.conf.tolist(), boxes.xyxy.tolist(), strict=True)])
     return found
