@@ -116,8 +116,9 @@ def augment(watch: bool = typer.Option(False, "--watch", help="Keep running: a r
             workers: int | None = typer.Option(None, "--workers", help=WORKERS_HELP),
             min_box_area: float = typer.Option(MIN_BOX_AREA, "--min-box-area", help=MIN_AREA_HELP),
             as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
-    """Fill the augmentation cache (data-processed/) with 8 outputs per annotation of data/;
-    what is cached already is skipped."""
+    """Fill the augmentation cache (data-processed/): 8 outputs per annotation of data/.
+
+    What is cached already is skipped."""
     from azaion_training.dataset.augment import augment_data
     from azaion_training.dataset.augment import watch as watch_loop
 

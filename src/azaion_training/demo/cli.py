@@ -35,8 +35,9 @@ def register(app: typer.Typer) -> None:
                                     "stream instead of replaying a dump file."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
-        """Run the whole pipeline on generated aerial scenes (no broker, GPU, cloud or internet) and
-        write an HTML report."""
+        """Run the whole pipeline on generated aerial scenes and write an HTML report.
+
+        Needs no broker, GPU, cloud or internet."""
         from dataclasses import asdict
 
         from azaion_training.cli_support import settings

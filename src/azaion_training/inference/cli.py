@@ -27,8 +27,9 @@ def register(app: typer.Typer) -> None:
                                                       "default: the API and CDN."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
-        """Detect objects with an exported model; writes detections.jsonl, an annotated MP4 or
-        images, and summary.json."""
+        """Detect objects in a video, an image or a directory of images.
+
+        Writes detections.jsonl, an annotated MP4 (or images) and summary.json."""
         from dataclasses import asdict
 
         from azaion_training.inference.pipeline import run_inference
