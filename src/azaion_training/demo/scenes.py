@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 
 from azaion_training.classes import WeatherMode
+from azaion_training.labels import Box
+from azaion_training.labels import label_text as labels_to_text
 
 # Base class id -> how it looks from above: (shape, BGR colour, (length, width) in px at 640).
 LOOKS: dict[int, tuple[str, tuple[int, int, int], tuple[int, int]]] = {
@@ -109,7 +111,7 @@ def render_scene(rng: np.random.Generator, size: int = 640, mode: WeatherMode = 
 
 
 def label_text(labels: list[tuple[int, float, float, float, float]]) -> str:
-    return "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in labels)
+    return labels_to_text([Box(*label) for label in labels])
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:

@@ -16,6 +16,7 @@ import numpy as np
 
 from azaion_training.errors import InputError, OperationFailed
 from azaion_training.fsutil import durable_move
+from azaion_training.inference.nms import box_iou
 from azaion_training.labels import LabelError, read_label_file
 from azaion_training.layout import Layout
 from azaion_training.logs import get_logger, log
@@ -50,17 +51,6 @@ class ExportResult:
 
 
 # ---------------------------------------------------------------------------------------- mAP50
-
-
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy box against an (n, 4) array."""
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    areas = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(areas - inter, 1e-12)
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
