@@ -6,7 +6,7 @@ reference: the same transforms are drawn); (b) our `run_jobs` in this process (c
 clipping, writes, hashes, cache index); (c) our worker pool with 1 and 2 processes on 3N
 images (the N scenes thrice, so the work per image is the same), in steady state: timed
 from the moment every worker has returned its first image, which takes the workers'
-start-up (spawn + imports, a few seconds) out. (a) and (b) alternate, best of two rounds
+start-up (spawn + imports, a few seconds) out. (a) and (b) alternate, best of three rounds
 each. Prints one JSON line; targets: (b)/(a) >= 0.85, 2 workers near 2x of 1.
 
     .venv/bin/python benchmarks/augment.py [--n 12]
@@ -31,7 +31,7 @@ from azaion_training.labels import MIN_BOX_AREA, read_label_file
 from azaion_training.layout import Layout
 from azaion_training.settings import load_settings
 
-ROUNDS = 2
+ROUNDS = 3
 
 
 def reference(jobs: list[AugmentJob]) -> float:
