@@ -23,6 +23,7 @@ import yaml
 from azaion_training.errors import ConfigError
 from azaion_training.fsutil import atomic_write_text
 from azaion_training.layout import Layout
+from azaion_training.queue.handler import read_offset_record
 from azaion_training.settings import Settings, load_settings
 
 Status = Literal["ok", "warn", "fail", "n/a"]
@@ -168,41 +169,12 @@ def _parse_nvidia_smi(text: str) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- consumer progress
 
 
-@dataclass
-class OffsetReading:
-    stream: str
-    offset: int
-    updated_at: datetime | None
-
-
-def read_offset_reading(path: Path) -> OffsetReading | None:
-    """offset.yaml as the consumer writes it ({stream, offset, updated_at}); None when absent or unreadable."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("offset"), int):
-        return None
-    return OffsetReading(str(data.get("stream") or ""), data["offset"], _as_datetime(data.get("updated_at")))
-
-
-def _as_datetime(value: object) -> datetime | None:
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-    if not isinstance(value, datetime):
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def check_progress(settings: Settings, options: HealthOptions, now: datetime) -> CheckResult:
     layout = Layout(settings.paths)
     stream = settings.rabbitmq.queue_name
-    current = read_offset_reading(layout.offset_file)
+    current = read_offset_record(layout.offset_file)
     previous_file = layout.queue_state / PREVIOUS_READING_FILE
-    previous = read_offset_reading(previous_file)
+    previous = read_offset_record(previous_file)
     if current is not None and layout.queue_state.is_dir():
         atomic_write_text(previous_file, yaml.safe_dump(
             {"stream": current.stream, "offset": current.offset, "updated_at": now.isoformat()}, sort_keys=False))

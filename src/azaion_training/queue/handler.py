@@ -330,23 +330,50 @@ def write_offset_file(path: Path, stream: str, offset: int) -> None:
                                            sort_keys=False))
 
 
-def read_offset_file(path: Path, stream: str) -> int | None:
-    """The offset recorded in offset.yaml for `stream`; None when absent, unreadable or for another stream."""
+@dataclass(frozen=True)
+class OffsetRecord:
+    """offset.yaml as the consumer writes it; `azaion status` and `azaion health` read it too."""
+
+    stream: str
+    offset: int
+    updated_at: datetime | None
+
+
+def read_offset_record(path: Path) -> OffsetRecord | None:
+    """The record in an offset file; None when absent, unreadable or without an integer offset."""
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, yaml.YAMLError) as exc:
-        log(logger, logging.WARNING, "offset file unreadable; ignoring it", file=str(path), error=str(exc))
+    except (OSError, yaml.YAMLError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("offset"), int):
-        log(logger, logging.WARNING, "offset file has no integer 'offset'; ignoring it", file=str(path))
         return None
-    if data.get("stream") not in (None, stream):
+    return OffsetRecord(str(data.get("stream") or ""), data["offset"], _as_datetime(data.get("updated_at")))
+
+
+def _as_datetime(value: object) -> datetime | None:
+    if isinstance(value, str):  # YAML loads an ISO timestamp as a datetime or leaves it a string
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def read_offset_file(path: Path, stream: str) -> int | None:
+    """The offset recorded in offset.yaml for `stream`; None when absent, unreadable or for another stream."""
+    record = read_offset_record(path)
+    if record is None:
+        if Path(path).exists():
+            log(logger, logging.WARNING, "offset file unreadable or without an integer 'offset'; ignoring it",
+                file=str(path))
+        return None
+    if record.stream not in ("", stream):
         log(logger, logging.WARNING, "offset file belongs to another stream; ignoring it", file=str(path),
-            stream=data.get("stream"))
+            stream=record.stream)
         return None
-    return data["offset"]
+    return record.offset
 
 
 def read_index_offset(layout: Layout) -> int | None:

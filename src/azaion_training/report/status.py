@@ -7,12 +7,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from azaion_training.annotation_index import AnnotationIndex
 from azaion_training.classes import load_classes
 from azaion_training.labels import LabelError, parse_line
 from azaion_training.layout import Area, Layout
+from azaion_training.queue.handler import read_offset_record
 from azaion_training.report.plots import read_results_csv
 from azaion_training.settings import Settings
 from azaion_training.training.train import RUN_RECORD
@@ -73,14 +72,10 @@ def queue_position(layout: Layout) -> dict[str, Any]:
     position: dict[str, Any] = {"stream": None, "offset": None, "offset_updated_at": None,
                                 "last_message_time": None, "last_applied_at": None, "index_last_offset": None,
                                 "index_areas": {}}
-    if layout.offset_file.is_file():
-        try:
-            data = yaml.safe_load(layout.offset_file.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError:
-            data = {}
-        if isinstance(data, dict):
-            position.update(stream=data.get("stream"), offset=data.get("offset"),
-                            offset_updated_at=data.get("updated_at"))
+    record = read_offset_record(layout.offset_file)
+    if record is not None:
+        position.update(stream=record.stream or None, offset=record.offset,
+                        offset_updated_at=record.updated_at.isoformat() if record.updated_at else None)
     if layout.index_db.is_file():
         index = AnnotationIndex(layout.index_db, readonly=True)
         try:
