@@ -107,6 +107,11 @@ def read_label_file(path: Path) -> list[Box]:
     return parse_label_text(text)
 
 
+def label_path_for(image: Path) -> Path:
+    """YOLO convention: .../images/x.jpg -> .../labels/x.txt."""
+    return Path(image).parent.parent / "labels" / f"{Path(image).stem}.txt"
+
+
 def check_label(path: Path) -> bool:
     """The original's check_label: True when the file exists and every line is valid."""
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from azaion_training.classes import AnnotationClass
-from azaion_training.labels import read_label_file
+from azaion_training.labels import label_path_for, read_label_file
 
 GROUND_TRUTH_BGR = (255, 0, 255)  # magenta: visible on green, snow and night terrain
 
@@ -67,11 +67,6 @@ def split_images(data_yaml: Path, split: str) -> list[Path]:
     base = Path(data.get("path") or Path(data_yaml).parent)
     directory = Path(entry) if Path(entry).is_absolute() else base / entry
     return sorted(p for p in directory.glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"})
-
-
-def label_path_for(image: Path) -> Path:
-    """YOLO convention: .../images/x.jpg -> .../labels/x.txt."""
-    return image.parent.parent / "labels" / f"{image.stem}.txt"
 
 
 def predictions_vs_truth(model_path: Path, images: list[Path], classes: dict[int, AnnotationClass],

@@ -17,7 +17,7 @@ import numpy as np
 from azaion_training.errors import InputError, OperationFailed
 from azaion_training.fsutil import durable_move
 from azaion_training.inference.nms import box_iou
-from azaion_training.labels import LabelError, read_label_file
+from azaion_training.labels import LabelError, label_path_for, read_label_file
 from azaion_training.layout import Layout
 from azaion_training.logs import get_logger, log
 from azaion_training.settings import Settings
@@ -105,7 +105,7 @@ def split_images(dataset: Path, split: str = "valid", limit: int | None = None) 
 
 def ground_truth(image: Path, width: int, height: int) -> list[tuple]:
     """The image's YOLO label as pixel boxes; a missing label file means no objects."""
-    label = image.parent.parent / "labels" / f"{image.stem}.txt"
+    label = label_path_for(image)
     if not label.is_file():
         return []
     try:

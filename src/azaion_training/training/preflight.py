@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from azaion_training.errors import AzaionError
-from azaion_training.labels import LabelError, read_label_file
+from azaion_training.labels import LabelError, label_path_for, read_label_file
 from azaion_training.layout import Layout
 from azaion_training.settings import Settings
 from azaion_training.training.train import TrainRequest, model_source, use_amp
@@ -35,7 +35,7 @@ def check_dataset(dataset: Path) -> Check:
         images = [p for p in (dataset / split / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
         counts[split] = len(images)
         for image in images:
-            label = dataset / split / "labels" / f"{image.stem}.txt"
+            label = label_path_for(image)
             if label.is_file():
                 try:
                     read_label_file(label)
