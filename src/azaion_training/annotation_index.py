@@ -7,10 +7,12 @@ treat a missing index as empty.
 """
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+_BATCH = 500  # names per IN (...) query (SQLite allows 999 parameters in old builds)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS annotations (
     name TEXT PRIMARY KEY,
@@ -45,8 +47,8 @@ class IndexEntry:
 
 
 class AnnotationIndex:
-    """Writer/reader of the index. Writes happen inside `transaction()` so the consumer can
-    group several messages into one commit."""
+    """Writer/reader of the index. The consumer writes between `begin()` and `commit()` so that
+    several messages share one commit."""
 
     def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
@@ -61,6 +63,10 @@ class AnnotationIndex:
 
     def close(self) -> None:
         self.db.close()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.db.in_transaction
 
     def begin(self) -> None:
         self.db.execute("BEGIN IMMEDIATE")
@@ -92,6 +98,15 @@ class AnnotationIndex:
             (name, area, status, stream_offset, updated_at),
         )
 
+    def set_areas(self, names: Iterable[str], area: str, status: int, stream_offset: int, updated_at: str) -> None:
+        """`set_area` for many names in one statement batch."""
+        self.db.executemany(
+            "INSERT INTO annotations (name, area, status, stream_offset, updated_at) VALUES (?,?,?,?,?) "
+            "ON CONFLICT(name) DO UPDATE SET area=excluded.area, status=excluded.status, "
+            "stream_offset=excluded.stream_offset, updated_at=excluded.updated_at",
+            ((name, area, status, stream_offset, updated_at) for name in names),
+        )
+
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT INTO meta VALUES (?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                         (key, value))
@@ -103,6 +118,19 @@ class AnnotationIndex:
     def get(self, name: str) -> IndexEntry | None:
         row = self.db.execute("SELECT * FROM annotations WHERE name=?", (name,)).fetchone()
         return IndexEntry(*row) if row else None
+
+    def get_many(self, names: list[str]) -> dict[str, IndexEntry]:
+        """name -> entry for those of `names` the index knows (queried in batches)."""
+        found: dict[str, IndexEntry] = {}
+        for start in range(0, len(names), _BATCH):
+            batch = names[start:start + _BATCH]
+            rows = self.db.execute(f"SELECT * FROM annotations WHERE name IN ({','.join('?' * len(batch))})", batch)
+            found.update((row[0], IndexEntry(*row)) for row in rows)
+        return found
+
+    def last_updated_at(self) -> str | None:
+        """When any annotation last changed (replays too, which move no stream position)."""
+        return self.db.execute("SELECT MAX(updated_at) FROM annotations").fetchone()[0]
 
     def entries(self) -> Iterable[IndexEntry]:
         for row in self.db.execute("SELECT * FROM annotations ORDER BY name"):
@@ -117,12 +145,25 @@ class AnnotationIndex:
         return dict(self.db.execute("SELECT area, COUNT(*) FROM annotations GROUP BY area").fetchall())
 
 
-def read_source_media(index_db: Path) -> dict[str, str]:
-    """name -> source media from the index at `index_db`; empty when there is no index yet."""
+@contextmanager
+def reading(index_db: Path) -> Iterator[AnnotationIndex | None]:
+    """The index at `index_db` opened read-only, or None when there is no index yet."""
     if not Path(index_db).is_file():
-        return {}
+        yield None
+        return
     index = AnnotationIndex(index_db, readonly=True)
     try:
-        return index.source_media()
+        yield index
     finally:
         index.close()
+
+
+def read_source_media(index_db: Path) -> dict[str, str]:
+    """name -> source media from the index at `index_db`; empty when there is no index yet."""
+    with reading(index_db) as index:
+        return index.source_media() if index else {}
+
+
+def read_meta(index_db: Path, key: str) -> str | None:
+    with reading(index_db) as index:
+        return index.get_meta(key) if index else None

@@ -1,14 +1,16 @@
 """`azaion`: one CLI for every stage. This module only parses arguments, calls the stage and
-prints; each stage registers its commands from its own `cli` module (imported lazily inside
-commands wherever a stage needs torch/ultralytics, so `azaion queue ...` stays light)."""
+prints. Each stage declares its commands in its own `cli` module on a module-level
+`commands = typer.Typer()` (`@commands.command("name")`, groups with `commands.add_typer`),
+merged here; stage modules import torch/ultralytics inside commands, so `azaion queue ...`
+stays light."""
 
 import importlib
 import os
 import sys
 from pathlib import Path
 
-import click
 import typer
+from typer._click.exceptions import ClickException  # Typer vendors Click: not `click`'s
 from rich.markup import escape
 
 from azaion_training.cli_support import console, err_console, print_json, state
@@ -22,7 +24,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 config_app = typer.Typer(no_args_is_help=True, help="Render and check config.yaml.")
 app.add_typer(config_app, name="config")
 
-# Stage modules that add their commands with register(app).
+# Stage modules whose `commands` Typer is merged into `azaion`.
 STAGE_CLI_MODULES = (
     "azaion_training.queue.cli",
     "azaion_training.dataset.cli",
@@ -36,12 +38,14 @@ STAGE_CLI_MODULES = (
 
 
 @app.callback()
-def _global(config: Path | None = typer.Option(None, "--config", "-c", envvar="AZAION_CONFIG",
+def _global(ctx: typer.Context,
+            config: Path | None = typer.Option(None, "--config", "-c", envvar="AZAION_CONFIG",
                                                help="config.yaml to read (default ./config.yaml when present)."),
             log_level: str = typer.Option("", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
             ) -> None:
     state.config = config
-    setup_logging(level=log_level or None)
+    # The log's `service` field names the command (queue, train, publish, ...).
+    setup_logging(service=ctx.invoked_subcommand or "azaion", level=log_level or None)
 
 
 @config_app.command("render")
@@ -88,7 +92,7 @@ def init_tree() -> None:
 
 
 for _module in STAGE_CLI_MODULES:
-    importlib.import_module(_module).register(app)
+    app.add_typer(importlib.import_module(_module).commands)
 
 
 def main() -> None:
@@ -100,12 +104,11 @@ def main() -> None:
     except AzaionError as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except ClickException as exc:
+        # Usage errors: Click's usage line, a hint and the message; exit 2.
         exc.show()
         sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
         sys.exit(130)
 

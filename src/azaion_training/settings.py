@@ -10,7 +10,7 @@ a stage that needs a secret asks for it with `require_secret`.
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -26,13 +26,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def env(default: Any, name: str, *, required: bool = False, **constraints: Any) -> Any:
+    """A settings field fed by environment variable `name` (`required`: `config render` needs it).
+    The env table, the required list and the secret list are all derived from these markers."""
+    return Field(default, json_schema_extra={"env": name, "required": required}, **constraints)
+
+
 class ApiSettings(_Section):
-    url: str = "https://api.azaion.com"
-    email: str = ""
-    password: SecretStr | None = None
-    ca_bundle: Path | None = None
-    timeout_s: float = Field(30.0, gt=0)
-    retries: int = Field(3, ge=0, le=10)
+    url: str = env("https://api.azaion.com", "AZAION_API_URL", required=True)
+    email: str = env("", "AZAION_API_EMAIL", required=True)
+    password: SecretStr | None = env(None, "AZAION_API_PASSWORD", required=True)
+    ca_bundle: Path | None = env(None, "AZAION_API_CA_BUNDLE")
+    timeout_s: float = env(30.0, "AZAION_API_TIMEOUT_S", gt=0)
+    retries: int = env(3, "AZAION_API_RETRIES", ge=0, le=10)
 
     @field_validator("url")
     @classmethod
@@ -43,14 +49,14 @@ class ApiSettings(_Section):
 
 
 class RabbitMQSettings(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(5552, ge=1, le=65535)
-    user: str = "azaion_receiver"
-    password: SecretStr | None = None
-    queue_name: str = Field("azaion-annotations", min_length=1)
-    consumer_name: str = Field("azaion-training", min_length=1)
-    max_image_mb: float = Field(50.0, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    host: str = env("127.0.0.1", "RABBITMQ_HOST", required=True)
+    port: int = env(5552, "RABBITMQ_PORT", required=True, ge=1, le=65535)
+    user: str = env("azaion_receiver", "RABBITMQ_USER", required=True)
+    password: SecretStr | None = env(None, "RABBITMQ_PASSWORD", required=True)
+    queue_name: str = env("azaion-annotations", "RABBITMQ_QUEUE_NAME", required=True, min_length=1)
+    consumer_name: str = env("azaion-training", "RABBITMQ_CONSUMER_NAME", min_length=1)
+    max_image_mb: float = env(50.0, "RABBITMQ_MAX_IMAGE_MB", gt=0)
+    reconnect_max_s: float = env(30.0, "RABBITMQ_RECONNECT_MAX_S", gt=0)
 
 
 def _plain_dir_name(value: str) -> str:
@@ -60,10 +66,10 @@ def _plain_dir_name(value: str) -> str:
 
 
 class PathSettings(_Section):
-    root_dir: Path = Path("/azaion")
-    data_dir: str = "data"
-    data_seed_dir: str = "data-seed"
-    data_deleted_dir: str = "data_deleted"
+    root_dir: Path = env(Path("/azaion"), "AZAION_ROOT_DIR", required=True)
+    data_dir: str = env("data", "AZAION_DATA_DIR", required=True)
+    data_seed_dir: str = env("data-seed", "AZAION_DATA_SEED_DIR", required=True)
+    data_deleted_dir: str = env("data_deleted", "AZAION_DATA_DELETED_DIR", required=True)
 
     @field_validator("data_dir", "data_seed_dir", "data_deleted_dir")
     @classmethod
@@ -72,14 +78,18 @@ class PathSettings(_Section):
 
 
 class TrainingSettings(_Section):
-    model: str = "yolo26m.pt"
-    epochs: int = Field(120, ge=1)
-    batch_size: int = Field(11, ge=1)
-    imgsz: int = Field(1280, ge=32)
-    save_period: int = Field(1, ge=-1)
-    workers: int = Field(24, ge=0)
-    device: str = ""  # "" = Ultralytics' choice (first GPU, else CPU); "cpu", "0", "0,1"
-    plots: bool = True  # Ultralytics' training plots (PR curves, confusion matrix, sample batches)
+    model: str = env("yolo26m.pt", "TRAINING_MODEL", required=True)
+    epochs: int = env(120, "TRAINING_EPOCHS", required=True, ge=1)
+    batch_size: int = env(11, "TRAINING_BATCH_SIZE", required=True, ge=1)
+    imgsz: int = env(1280, "TRAINING_IMGSZ", required=True, ge=32)
+    save_period: int = env(1, "TRAINING_SAVE_PERIOD", required=True, ge=-1)
+    workers: int = env(24, "TRAINING_WORKERS", required=True, ge=0)
+    # "" = Ultralytics' choice (first GPU, else CPU); "cpu", "0", "0,1"
+    device: str = env("", "TRAINING_DEVICE")
+    # Ultralytics' training plots (PR curves, confusion matrix, sample batches)
+    plots: bool = env(True, "TRAINING_PLOTS")
+    # Decoded-image cache for the training dataloader: none, disk (.npy beside each image) or ram
+    cache: Literal["none", "disk", "ram"] = env("none", "TRAINING_CACHE")
 
     @field_validator("imgsz")
     @classmethod
@@ -90,30 +100,79 @@ class TrainingSettings(_Section):
 
 
 class ExportSettings(_Section):
-    onnx_imgsz: int = Field(1280, ge=32)
-    max_batch: int = Field(8, ge=1, le=64)
+    onnx_imgsz: int = env(1280, "EXPORT_ONNX_IMGSZ", required=True, ge=32)
+    max_batch: int = env(8, "EXPORT_MAX_BATCH", ge=1, le=64)
 
 
 class SecuritySettings(_Section):
-    model_encryption_key: SecretStr | None = None
+    model_encryption_key: SecretStr | None = env(None, "MODEL_ENCRYPTION_KEY", required=True)
 
 
 class CdnSettings(_Section):
-    config_file: Path | None = None  # a local cdn.yaml; unset = fetched encrypted through the API
-    bucket: str = "models"
-    cache_dir: Path | None = None  # where fetched .big parts are kept; default <root>/models/cache
+    # a local cdn.yaml; unset = fetched encrypted through the API
+    config_file: Path | None = env(None, "CDN_CONFIG_FILE")
+    bucket: str = env("models", "CDN_BUCKET")
+    # where fetched .big parts are kept; default <root>/models/cache
+    cache_dir: Path | None = env(None, "CDN_CACHE_DIR")
 
 
 class InferenceSettings(_Section):
-    every: int = Field(4, ge=1)
-    batch: int = Field(4, ge=1, le=64)
-    conf: float = Field(0.3, ge=0, le=1)
-    iou: float = Field(0.3, ge=0, le=1)
-    threads: int = Field(0, ge=0)  # 0 = ONNX Runtime's default
+    every: int = env(4, "INFERENCE_EVERY", ge=1)
+    batch: int = env(4, "INFERENCE_BATCH", ge=1, le=64)
+    conf: float = env(0.3, "INFERENCE_CONF", ge=0, le=1)
+    iou: float = env(0.3, "INFERENCE_IOU", ge=0, le=1)
+    threads: int = env(0, "INFERENCE_THREADS", ge=0)  # 0 = ONNX Runtime's default
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = env("INFO", "AZAION_LOG_LEVEL")
+    # auto = human lines on a terminal, JSON lines otherwise
+    format: Literal["auto", "json", "human"] = env("auto", "AZAION_LOG_FORMAT")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class HealthSettings(_Section):
+    disk_warn_pct: float = env(80.0, "HEALTH_DISK_WARN_PCT", gt=0, le=100)
+    disk_fail_pct: float = env(95.0, "HEALTH_DISK_FAIL_PCT", gt=0, le=100)
+    offset_max_age_min: float = env(30.0, "HEALTH_OFFSET_MAX_AGE_MIN", gt=0)
+    broker_timeout_s: float = env(3.0, "HEALTH_BROKER_TIMEOUT_S", gt=0)
+
+
+class LifecycleSettings(_Section):
+    # where `azaion weights pull` downloads base weights from (a mirror in production)
+    weights_base_url: str = env("https://github.com/ultralytics/assets/releases/download/v8.4.0",
+                                "WEIGHTS_BASE_URL")
+    # the gate publishes a candidate only if its mAP50 >= production's - this
+    promotion_min_delta: float = env(0.0, "PROMOTION_MIN_DELTA", ge=0, le=1)
+    # `azaion cycle` trains only when at least this many validated annotations are new
+    cycle_min_new: int = env(500, "CYCLE_MIN_NEW", ge=1)
+    cycle_interval_s: float = env(3600.0, "CYCLE_INTERVAL_S", gt=0)
+
+
+class AlertSettings(_Section):
+    webhook_url: str = env("", "ALERT_WEBHOOK_URL")  # empty: alerts only logged
+    webhook_token: SecretStr | None = env(None, "ALERT_WEBHOOK_TOKEN")
+    timeout_s: float = env(5.0, "ALERT_TIMEOUT_S", gt=0)
+
+
+class CockpitSettings(_Section):
+    host: str = env("127.0.0.1", "COCKPIT_HOST")
+    port: int = env(8600, "COCKPIT_PORT", ge=1, le=65535)
+    # needed to promote/roll back from the browser and to bind to anything but loopback
+    token: SecretStr | None = env(None, "COCKPIT_TOKEN")
 
 
 class Settings(_Section):
-    environment: Literal["development", "production"] = "production"
+    environment: Literal["development", "production"] = env("production", "AZAION_ENV")
     api: ApiSettings = ApiSettings()
     rabbitmq: RabbitMQSettings = RabbitMQSettings()
     paths: PathSettings = PathSettings()
@@ -122,61 +181,40 @@ class Settings(_Section):
     security: SecuritySettings = SecuritySettings()
     cdn: CdnSettings = CdnSettings()
     inference: InferenceSettings = InferenceSettings()
+    logging: LoggingSettings = LoggingSettings()
+    health: HealthSettings = HealthSettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
+    alerts: AlertSettings = AlertSettings()
+    cockpit: CockpitSettings = CockpitSettings()
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as plain data with every secret shown as ***."""
         return _masked(self.model_dump(mode="json"), self)
 
 
-# Environment variable -> (section, field). Required ones must be set for `config render`.
-ENV_VARS: dict[str, tuple[str, str]] = {
-    "AZAION_ENV": ("", "environment"),
-    "AZAION_API_URL": ("api", "url"),
-    "AZAION_API_EMAIL": ("api", "email"),
-    "AZAION_API_PASSWORD": ("api", "password"),
-    "AZAION_API_CA_BUNDLE": ("api", "ca_bundle"),
-    "AZAION_API_TIMEOUT_S": ("api", "timeout_s"),
-    "RABBITMQ_HOST": ("rabbitmq", "host"),
-    "RABBITMQ_PORT": ("rabbitmq", "port"),
-    "RABBITMQ_USER": ("rabbitmq", "user"),
-    "RABBITMQ_PASSWORD": ("rabbitmq", "password"),
-    "RABBITMQ_QUEUE_NAME": ("rabbitmq", "queue_name"),
-    "RABBITMQ_CONSUMER_NAME": ("rabbitmq", "consumer_name"),
-    "RABBITMQ_MAX_IMAGE_MB": ("rabbitmq", "max_image_mb"),
-    "AZAION_ROOT_DIR": ("paths", "root_dir"),
-    "AZAION_DATA_DIR": ("paths", "data_dir"),
-    "AZAION_DATA_SEED_DIR": ("paths", "data_seed_dir"),
-    "AZAION_DATA_DELETED_DIR": ("paths", "data_deleted_dir"),
-    "TRAINING_MODEL": ("training", "model"),
-    "TRAINING_EPOCHS": ("training", "epochs"),
-    "TRAINING_BATCH_SIZE": ("training", "batch_size"),
-    "TRAINING_IMGSZ": ("training", "imgsz"),
-    "TRAINING_SAVE_PERIOD": ("training", "save_period"),
-    "TRAINING_WORKERS": ("training", "workers"),
-    "TRAINING_DEVICE": ("training", "device"),
-    "TRAINING_PLOTS": ("training", "plots"),
-    "EXPORT_ONNX_IMGSZ": ("export", "onnx_imgsz"),
-    "EXPORT_MAX_BATCH": ("export", "max_batch"),
-    "MODEL_ENCRYPTION_KEY": ("security", "model_encryption_key"),
-    "CDN_CONFIG_FILE": ("cdn", "config_file"),
-    "CDN_BUCKET": ("cdn", "bucket"),
-    "CDN_CACHE_DIR": ("cdn", "cache_dir"),
-    "INFERENCE_EVERY": ("inference", "every"),
-    "INFERENCE_BATCH": ("inference", "batch"),
-    "INFERENCE_CONF": ("inference", "conf"),
-    "INFERENCE_IOU": ("inference", "iou"),
-    "INFERENCE_THREADS": ("inference", "threads"),
-}
+def _env_markers() -> list[tuple[str, str, str, bool, bool]]:
+    """(variable, section, field, required, secret) for every field marked with `env(...)`;
+    section "" is a top-level field."""
+    found = []
 
+    def collect(model: type[BaseModel], section: str) -> None:
+        for name, info in model.model_fields.items():
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            if "env" in extra:
+                secret = info.annotation is SecretStr or SecretStr in get_args(info.annotation)
+                found.append((str(extra["env"]), section, name, bool(extra["required"]), secret))
+            elif isinstance(info.annotation, type) and issubclass(info.annotation, _Section):
+                collect(info.annotation, name)
+
+    collect(Settings, "")
+    return found
+
+
+# Environment variable -> (section, field), derived from the `env(...)` markers above.
+ENV_VARS: dict[str, tuple[str, str]] = {name: (section, field) for name, section, field, _, _ in _env_markers()}
 # The environment strategy's variables plus the model key: `config render` needs them all.
-REQUIRED_ENV_VARS = (
-    "AZAION_API_URL", "AZAION_API_EMAIL", "AZAION_API_PASSWORD",
-    "RABBITMQ_HOST", "RABBITMQ_PORT", "RABBITMQ_USER", "RABBITMQ_PASSWORD", "RABBITMQ_QUEUE_NAME",
-    "AZAION_ROOT_DIR", "AZAION_DATA_DIR", "AZAION_DATA_SEED_DIR", "AZAION_DATA_DELETED_DIR",
-    "TRAINING_MODEL", "TRAINING_EPOCHS", "TRAINING_BATCH_SIZE", "TRAINING_IMGSZ",
-    "TRAINING_SAVE_PERIOD", "TRAINING_WORKERS", "EXPORT_ONNX_IMGSZ", "MODEL_ENCRYPTION_KEY",
-)
-SECRET_ENV_VARS = ("AZAION_API_PASSWORD", "RABBITMQ_PASSWORD", "MODEL_ENCRYPTION_KEY")
+REQUIRED_ENV_VARS = tuple(name for name, _, _, required, _ in _env_markers() if required)
+SECRET_ENV_VARS = tuple(name for name, _, _, _, secret in _env_markers() if secret)
 SECRET_FIELDS = tuple(ENV_VARS[name] for name in SECRET_ENV_VARS)
 _FIELD_TO_ENV = {fields: name for name, fields in ENV_VARS.items()}
 

@@ -11,7 +11,9 @@ from azaion_training.cli_support import console, err_console, layout, print_json
 from azaion_training.errors import InputError
 from azaion_training.labels import MIN_BOX_AREA
 
+commands = typer.Typer()  # cli.py merges every stage's `commands` into `azaion`
 dataset_app = typer.Typer(no_args_is_help=True, help="Form, inspect and convert datasets.")
+commands.add_typer(dataset_app, name="dataset")
 
 WORKERS_HELP = "Augmentation worker processes (default: one per CPU; 0 runs in this process)."
 MIN_AREA_HELP = "Drop augmented boxes whose clipped area is below this fraction of the image."
@@ -111,6 +113,7 @@ def stats(dataset: str | None = typer.Argument(None, help="Dataset name or path 
     console.print(f"histogram: {png}", highlight=False, soft_wrap=True)
 
 
+@commands.command("augment")
 def augment(watch: bool = typer.Option(False, "--watch", help="Keep running: a round every --interval seconds."),
             interval: float = typer.Option(300.0, "--interval", min=1, help="Seconds between rounds with --watch."),
             workers: int | None = typer.Option(None, "--workers", help=WORKERS_HELP),
@@ -140,8 +143,3 @@ def augment(watch: bool = typer.Option(False, "--watch", help="Keep running: a r
         err_console.print(f"[yellow]skipped[/yellow] {name}: {reason}", highlight=False, soft_wrap=True)
     console.print(f"augmented {summary.augmented}, reused {summary.reused}, skipped {len(summary.skipped)} "
                   f"annotation(s); {summary.failed_variants} variant(s) failed", highlight=False, soft_wrap=True)
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(dataset_app, name="dataset")
-    app.command("augment")(augment)

@@ -1,14 +1,12 @@
 """Annotations in an area (image + label by name), checked and hashed in one read per file.
 
-Checking that an image decodes is a structural check, not a full decode: JPEG must start with
-the SOI magic and carry the EOI marker at its end (a truncated upload loses it), PNG must
-start with its signature and end with the IEND chunk. Decoding 100,000 JPEGs would cost
-minutes; the structural check costs nothing beyond the read the sha256 needs anyway. Other
-formats (BMP, WebP, TIFF) are rare and fully decoded with OpenCV.
+An image is admitted only when it decodes (images.decode_problem: the structural rule the
+consumer applies, then a decode at 1/8 resolution); a label only when every box is valid
+(labels.py). Both rules are shared with the consumer, so the two never disagree.
 
-Checks are remembered in a CheckCache (check_cache.py), so a re-formation reads only new or
-changed files. A large first pass runs in forked processes over chunks: the check is
-CPU-bound Python (threads measured slower than one thread here).
+Checks are remembered in a CheckCache (check_cache.py), so each file is checked once in its
+life and a re-formation reads only new or changed files. A large first pass runs in forked
+processes over chunks: the check is CPU-bound (threads measured slower than one thread here).
 """
 
 import hashlib
@@ -23,13 +21,10 @@ from pathlib import Path
 from azaion_training.dataset.check_cache import CheckCache, Entry, Signature, stat_signature
 from azaion_training.dataset.progress import Progress
 from azaion_training.fsutil import TEMP_PREFIX
+from azaion_training.images import IMAGE_SUFFIXES, decode_problem
 from azaion_training.labels import LabelError, label_classes
 from azaion_training.layout import Area
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-JPEG_MAGIC = b"\xff\xd8\xff"
-JPEG_END = b"\xff\xd9"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # A half-written pair (the consumer is storing it right now) is left alone for this long.
 FRESH_S = 120.0
 CHUNK = 1024  # pairs per process task: one task per file costs more than the check itself
@@ -59,30 +54,10 @@ class BadPair:
 
 
 def image_problem(data: bytes, suffix: str) -> str | None:
-    """Why these image bytes cannot be used, or None (see the module docstring)."""
-    suffix = suffix.lower()
-    if len(data) < 16:
-        return f"image is empty or too small ({len(data)} bytes)"
-    if suffix in (".jpg", ".jpeg"):
-        if not data.startswith(JPEG_MAGIC):
-            return "not a JPEG (bad magic bytes)"
-        if data.rfind(JPEG_END, max(0, len(data) - 4096)) < 0:
-            return "truncated JPEG (no end-of-image marker)"
-        return None
-    if suffix == ".png":
-        if not data.startswith(PNG_MAGIC):
-            return "not a PNG (bad signature)"
-        if b"IEND" not in data[-12:]:
-            return "truncated PNG (no IEND chunk)"
-        return None
-    if suffix not in IMAGE_SUFFIXES:
+    """Why this image file cannot be used, or None: a known suffix and a decodable image."""
+    if suffix.lower() not in IMAGE_SUFFIXES:
         return f"unsupported image type {suffix!r} (use one of {', '.join(IMAGE_SUFFIXES)})"
-    import cv2
-    import numpy as np
-
-    if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) is None:
-        return f"{suffix} image cannot be decoded"
-    return None
+    return decode_problem(data)
 
 
 def _visible_files(directory: Path) -> list[os.DirEntry]:

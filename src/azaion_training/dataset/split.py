@@ -1,15 +1,18 @@
-"""Leakage-free train/valid/test split (design.md §3).
+"""Leakage-free train/valid/test split (docs/data-tree.md).
 
 Annotations are grouped by source media (one video's frames never straddle splits). Groups
 are placed largest first, in an order shuffled by the seed, each into a split that still has
 room for it; among those, the split whose class mix needs the group's classes most wins. With
 one annotation per group the counts are exact to rounding; large groups can overshoot a split
-by at most their own size.
+by at most their own size. Groups already placed by an earlier dataset (`fixed`, kept by the
+split registry, split_registry.py) keep their split and count towards the shares, so new
+groups fill the splits that are furthest below their share and the shares converge as data
+grows.
 """
 
 import random
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 SPLITS = ("train", "valid", "test")
@@ -45,14 +48,20 @@ def parse_ratios(text: str) -> tuple[int, int, int]:
 
 
 def assign_splits(items: Sequence[SplitItem], ratios: Sequence[int] = (70, 20, 10), seed: int = 0) -> dict[str, str]:
-    """name -> split name, deterministic for `seed`. O(boxes): per group, each split's need
-    is a sum over the group's boxes (plain lists indexed by class, no Counters)."""
+    """name -> split name, deterministic for `seed`."""
+    by_group = assign_groups(items, ratios, seed)
+    return {item.name: by_group[item.group] for item in items}
+
+
+def assign_groups(items: Sequence[SplitItem], ratios: Sequence[int] = (70, 20, 10), seed: int = 0,
+                  fixed: Mapping[str, str] | None = None) -> dict[str, str]:
+    """group -> split name for every group of `items`; a group in `fixed` keeps its split there.
+    O(boxes): per group, each split's need is a sum over the group's boxes (plain lists indexed
+    by class, no Counters)."""
+    fixed = fixed or {}
     groups: dict[str, list[SplitItem]] = defaultdict(list)
     for item in items:
         groups[item.group].append(item)
-    order = sorted(groups)
-    random.Random(seed).shuffle(order)
-    order.sort(key=lambda g: len(groups[g]), reverse=True)  # stable: ties keep the shuffled order
 
     weight = sum(ratios)
     targets = split_targets(len(items), ratios)
@@ -63,16 +72,29 @@ def assign_splits(items: Sequence[SplitItem], ratios: Sequence[int] = (70, 20, 1
     need = [[class_totals[c] * ratio / weight * inverse_totals[c] for c in range(slots)] for ratio in ratios]
     counts = [0] * len(SPLITS)
     assignment: dict[str, str] = {}
-    for group in order:
+
+    def place(group: str, chosen: int) -> None:
         members = groups[group]
-        boxes = [c for item in members for c in item.classes]
-        chosen = _choose_split(len(members), boxes, counts, targets, need)
         counts[chosen] += len(members)
         chosen_need = need[chosen]
-        for c in boxes:
-            chosen_need[c] -= inverse_totals[c]
         for item in members:
-            assignment[item.name] = SPLITS[chosen]
+            for c in item.classes:
+                chosen_need[c] -= inverse_totals[c]
+        assignment[group] = SPLITS[chosen]
+
+    new = []
+    for group in groups:
+        if group in fixed:
+            place(group, SPLITS.index(fixed[group]))
+        else:
+            new.append(group)
+    new.sort()
+    random.Random(seed).shuffle(new)
+    new.sort(key=lambda g: len(groups[g]), reverse=True)  # stable: ties keep the shuffled order
+    for group in new:
+        members = groups[group]
+        place(group, _choose_split(len(members), [c for item in members for c in item.classes], counts, targets,
+                                   need))
     return assignment
 
 

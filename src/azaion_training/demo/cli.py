@@ -8,6 +8,8 @@ import typer
 from azaion_training.cli_support import console, print_json
 from azaion_training.errors import InputError
 
+commands = typer.Typer()  # cli.py merges every stage's `commands` into `azaion`
+
 
 def demo_workdir(workdir: Path | None) -> Path:
     """A fresh directory: the given one must be empty (or not exist yet); by default a new
@@ -20,40 +22,39 @@ def demo_workdir(workdir: Path | None) -> Path:
     return workdir
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("demo")
-    def demo(
-        workdir: Path | None = typer.Option(None, "--workdir", help="Empty directory for everything the demo "
-                                            "makes (default: ./azaion-demo/<timestamp>)."),
-        images: int = typer.Option(240, "--images", min=12, help="Annotated scenes to generate."),
-        epochs: int = typer.Option(30, "--epochs", min=1, help="Training epochs."),
-        imgsz: int = typer.Option(128, "--imgsz", min=64, help="Scene and training image size (multiple of 32)."),
-        batch: int = typer.Option(8, "--batch", min=1, help="Training batch size."),
-        video_frames: int = typer.Option(48, "--video-frames", min=4, help="Frames of the rendered flight video."),
-        seed: int = typer.Option(0, "--seed", help="Random seed of the scenes and the split."),
-        broker: bool = typer.Option(False, "--broker", help="Publish to and consume from the configured RabbitMQ "
-                                    "stream instead of replaying a dump file."),
-        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    ) -> None:
-        """Run the whole pipeline on generated aerial scenes and write an HTML report.
+@commands.command("demo")
+def demo(
+    workdir: Path | None = typer.Option(None, "--workdir", help="Empty directory for everything the demo "
+                                        "makes (default: ./azaion-demo/<timestamp>)."),
+    images: int = typer.Option(240, "--images", min=12, help="Annotated scenes to generate."),
+    epochs: int = typer.Option(30, "--epochs", min=1, help="Training epochs."),
+    imgsz: int = typer.Option(128, "--imgsz", min=64, help="Scene and training image size (multiple of 32)."),
+    batch: int = typer.Option(8, "--batch", min=1, help="Training batch size."),
+    video_frames: int = typer.Option(48, "--video-frames", min=4, help="Frames of the rendered flight video."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the scenes and the split."),
+    broker: bool = typer.Option(False, "--broker", help="Publish to and consume from the configured RabbitMQ "
+                                "stream instead of replaying a dump file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Run the whole pipeline on generated aerial scenes and write an HTML report.
 
-        Needs no broker, GPU, cloud or internet."""
-        from dataclasses import asdict
+    Needs no broker, GPU, cloud or internet."""
+    from dataclasses import asdict
 
-        from azaion_training.cli_support import settings
-        from azaion_training.demo.pipeline import DemoOptions, run_demo
-        from azaion_training.offline import configure_offline_environment
+    from azaion_training.cli_support import settings
+    from azaion_training.demo.pipeline import DemoOptions, run_demo
+    from azaion_training.offline import configure_offline_environment
 
-        if imgsz % 32:
-            raise InputError(f"--imgsz must be a multiple of 32 (the YOLO stride), got {imgsz}")
-        configure_offline_environment()
-        options = DemoOptions(workdir=demo_workdir(workdir), images=images, epochs=epochs, imgsz=imgsz,
-                              batch=batch, video_frames=video_frames, seed=seed,
-                              broker=settings() if broker else None)
-        result = run_demo(options)
-        if as_json:
-            print_json(asdict(result))
-            return
-        console.print(f"demo finished in {result.timings_s['total']:.0f} s; test mAP50 "
-                      f"{result.map50 if result.map50 is not None else float('nan'):.3f}")
-        console.print(f"report: {result.report.absolute()}", highlight=False, soft_wrap=True)
+    if imgsz % 32:
+        raise InputError(f"--imgsz must be a multiple of 32 (the YOLO stride), got {imgsz}")
+    configure_offline_environment()
+    options = DemoOptions(workdir=demo_workdir(workdir), images=images, epochs=epochs, imgsz=imgsz,
+                          batch=batch, video_frames=video_frames, seed=seed,
+                          broker=settings() if broker else None)
+    result = run_demo(options)
+    if as_json:
+        print_json(asdict(result))
+        return
+    console.print(f"demo finished in {result.timings_s['total']:.0f} s; test mAP50 "
+                  f"{result.map50 if result.map50 is not None else float('nan'):.3f}")
+    console.print(f"report: {result.report.absolute()}", highlight=False, soft_wrap=True)

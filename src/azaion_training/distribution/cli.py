@@ -6,40 +6,46 @@ import typer
 
 from azaion_training.cli_support import console, layout, print_json, settings
 
+commands = typer.Typer()  # cli.py merges every stage's `commands` into `azaion`
+
 TARGET_HELP = "'azaion' (Azaion API + S3 CDN) or 'local:DIR' (parts under DIR/api and DIR/cdn, no servers)."
+NO_MANIFEST_HELP = ("For models published by other tooling (no manifest): decrypt anyway; only the padding and, "
+                    "for .onnx, the ONNX structure are checked.")
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("publish")
-    def publish(file: Path | None = typer.Option(None, "--file", help="Model file (default models/azaion.onnx)."),
-                name: str | None = typer.Option(None, "--name", help="Resource name (default: the file name)."),
+@commands.command("publish")
+def publish(file: Path | None = typer.Option(None, "--file", help="Model file (default models/azaion.onnx)."),
+            name: str | None = typer.Option(None, "--name", help="Resource name (default: the file name)."),
+            folder: str = typer.Option("models", "--folder", help="API folder / CDN key prefix."),
+            target: str = typer.Option("azaion", "--target", help=TARGET_HELP),
+            source_run: str | None = typer.Option(None, "--source-run", help="Training run for the manifest."),
+            as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")) -> None:
+    """Encrypt a model with MODEL_ENCRYPTION_KEY, split it, big part to the CDN, small part to the API."""
+    from azaion_training.distribution.publish import publish_model
+
+    result = publish_model(settings(), file or layout().current_onnx, name=name, folder=folder, target=target,
+                           source_run=source_run)
+    if as_json:
+        print_json(result.manifest)
+        return
+    manifest = result.manifest
+    console.print(f"published {result.folder}/{result.name} to {result.target}: "
+                  f"{manifest['plaintext']['size']} bytes, small part {manifest['small']['size']} B, "
+                  f"big part {manifest['big']['size']} B, sha256 {manifest['plaintext']['sha256']}",
+                  markup=False, highlight=False, soft_wrap=True)
+    console.print(f"manifest: {result.manifest_path}", markup=False, highlight=False, soft_wrap=True)
+
+
+@commands.command("fetch-model")
+def fetch_model(name: str = typer.Argument(..., help="Published model name, e.g. azaion.onnx."),
+                out: Path | None = typer.Option(None, "--out", help="Where to write it (default ./NAME)."),
                 folder: str = typer.Option("models", "--folder", help="API folder / CDN key prefix."),
                 target: str = typer.Option("azaion", "--target", help=TARGET_HELP),
-                source_run: str | None = typer.Option(None, "--source-run", help="Training run for the manifest."),
-                as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")) -> None:
-        """Encrypt a model with MODEL_ENCRYPTION_KEY, split it, big part to the CDN, small part to the API."""
-        from azaion_training.distribution.publish import publish_model
+                no_manifest: bool = typer.Option(False, "--no-manifest", help=NO_MANIFEST_HELP)) -> None:
+    """Download both parts, reassemble, decrypt and verify against the manifest; write with mode 0600."""
+    from azaion_training.distribution.fetch import fetch_model_to_file
 
-        result = publish_model(settings(), file or layout().current_onnx, name=name, folder=folder, target=target,
-                               source_run=source_run)
-        if as_json:
-            print_json(result.manifest)
-            return
-        manifest = result.manifest
-        console.print(f"published {result.folder}/{result.name} to {result.target}: "
-                      f"{manifest['plaintext']['size']} bytes, small part {manifest['small']['size']} B, "
-                      f"big part {manifest['big']['size']} B, sha256 {manifest['plaintext']['sha256']}",
-                      markup=False, highlight=False, soft_wrap=True)
-        console.print(f"manifest: {result.manifest_path}", markup=False, highlight=False, soft_wrap=True)
-
-    @app.command("fetch-model")
-    def fetch_model(name: str = typer.Argument(..., help="Published model name, e.g. azaion.onnx."),
-                    out: Path | None = typer.Option(None, "--out", help="Where to write it (default ./NAME)."),
-                    folder: str = typer.Option("models", "--folder", help="API folder / CDN key prefix."),
-                    target: str = typer.Option("azaion", "--target", help=TARGET_HELP)) -> None:
-        """Download both parts, reassemble, decrypt and verify against the manifest; write with mode 0600."""
-        from azaion_training.distribution.fetch import fetch_model_to_file
-
-        result = fetch_model_to_file(settings(), name, out=out, target=target, folder=folder)
-        console.print(f"fetched {folder}/{result.name} to {result.path}: {result.size} bytes, "
-                      f"sha256 {result.sha256} verified", markup=False, highlight=False, soft_wrap=True)
+    result = fetch_model_to_file(settings(), name, out=out, target=target, folder=folder, no_manifest=no_manifest)
+    check = "verified" if result.verified else "NOT verified against a manifest"
+    console.print(f"fetched {folder}/{result.name} to {result.path}: {result.size} bytes, "
+                  f"sha256 {result.sha256} {check}", markup=False, highlight=False, soft_wrap=True)

@@ -2,7 +2,8 @@
 part to the CDN first, then the small part and the manifest to the API (design.md §3).
 
 If the CDN upload fails nothing reaches the API. The manifest (`<name>.manifest.json`:
-sizes and SHA-256 of the plaintext, the ciphertext and each part) is uploaded through the
+sizes and SHA-256 of the plaintext, the ciphertext and each part, bound to folder and name
+and authenticated with the model key: distribution/manifest.py) is uploaded through the
 API next to the small part, so `fetch-model` on any machine can verify what it
 reassembles; a copy stays under <root>/models/published/<folder>/. Re-publishing replaces
 all three; the manifest goes last.
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from azaion_training.distribution.manifest import MANIFEST_FORMAT, mac_key, part_names, sign
 from azaion_training.distribution.targets import open_target
 from azaion_training.errors import InputError
 from azaion_training.fsutil import atomic_write_text
@@ -29,7 +31,6 @@ from azaion_training.security.split import SplitWriter
 from azaion_training.settings import Settings
 
 logger = get_logger("distribution.publish")
-MANIFEST_FORMAT = "azaion-aes-256-cbc-split/1"
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,6 @@ class PublishResult:
     target: str
     manifest: dict[str, Any]
     manifest_path: Path
-
-
-def part_names(name: str) -> tuple[str, str, str]:
-    """The small part, big part and manifest resource names of a published model."""
-    return f"{name}.small", f"{name}.big", f"{name}.manifest.json"
 
 
 def local_manifest_path(layout: Layout, folder: str, name: str) -> Path:
@@ -73,7 +69,7 @@ def publish_model(settings: Settings, file: Path, name: str | None = None, folde
         raise InputError(f"model file {file} not found: export a model first (`azaion export`) or pass --file")
     name = checked_name(name or file.name, "model name")
     folder = checked_name(folder, "folder")
-    key = model_key(settings)
+    key, manifest_key = model_key(settings), mac_key(settings)
     layout = Layout(settings.paths)
     small_name, big_name, manifest_name = part_names(name)
     store = open_target(settings, target)
@@ -89,13 +85,13 @@ def publish_model(settings: Settings, file: Path, name: str | None = None, folde
                 encrypt_stream(_through(read_chunks(source), plain), cipher.write, key)
             big_file.flush()
             small = splitter.small
-            manifest = {
+            manifest = sign({
                 "format": MANIFEST_FORMAT, "name": name, "folder": folder, "source_file": file.name,
                 "source_run": source_run, "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "plaintext": plain.summary(), "ciphertext": cipher.summary(),
                 "small": {"name": small_name, "size": len(small), "sha256": hashlib.sha256(small).hexdigest()},
                 "big": {"name": big_name, **big.summary()},
-            }
+            }, manifest_key)
             log(logger, logging.INFO, "encrypted and split the model", name=name, bytes=plain.size,
                 small=len(small), big=big.size)
             store.put_big(folder, big_name, Path(big_file.name))  # CDN first: on failure the API gets nothing

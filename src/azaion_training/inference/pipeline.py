@@ -329,8 +329,10 @@ class _Run:
         return results
 
 
-def model_bytes(settings: Settings, model: str | Path, target: str | None) -> tuple[bytes, str]:
-    """(bytes, label) of a model file, or of a published model fetched and decrypted in memory."""
+def model_bytes(settings: Settings, model: str | Path, target: str | None,
+                no_manifest: bool = False) -> tuple[bytes, str]:
+    """(bytes, label) of a model file, or of a published model fetched and decrypted in memory
+    (`no_manifest`: one published by other tooling, see distribution/fetch.py)."""
     path = Path(model)
     if path.is_file():
         return path.read_bytes(), str(path)
@@ -340,7 +342,7 @@ def model_bytes(settings: Settings, model: str | Path, target: str | None) -> tu
                          "([A-Za-z0-9._-]): pass an .onnx path or a name published with `azaion publish`")
     from azaion_training.distribution.fetch import fetch_model_bytes
 
-    fetched = fetch_model_bytes(settings, text, **({"target": target} if target else {}))
+    fetched = fetch_model_bytes(settings, text, **({"target": target} if target else {}), no_manifest=no_manifest)
     return fetched, f"{text} (fetched, decrypted in memory)"
 
 
@@ -445,7 +447,8 @@ def _run_images(run: _Run, source: Path, batch: int, out: Path, write_images: bo
 
 def run_inference(settings: Settings, source: Path, model: str | Path, out: Path, every: int | None = None,
                   batch: int | None = None, conf: float | None = None, iou: float | None = None,
-                  write_video: bool = True, target: str | None = None, engine: str = "auto") -> InferenceSummary:
+                  write_video: bool = True, target: str | None = None, engine: str = "auto",
+                  no_manifest: bool = False) -> InferenceSummary:
     """Detect on a video (every `every`-th frame), an image or a directory of images; write
     detections.jsonl, an annotated MP4 (or annotated images) and summary.json under `out`."""
     defaults = settings.inference
@@ -462,7 +465,7 @@ def run_inference(settings: Settings, source: Path, model: str | Path, out: Path
     source = Path(source)
     if not source.exists():
         raise InputError(f"source {source} does not exist: pass a video file, an image, or a directory of images")
-    data, label = model_bytes(settings, model, target)
+    data, label = model_bytes(settings, model, target, no_manifest)
     is_plan = str(model).endswith(".engine")
     detector = Detector(load_engine(settings, data, is_plan, batch, engine), conf, iou)
     del data

@@ -5,13 +5,11 @@ import typer
 from azaion_training.cli_support import console, print_json, state
 from azaion_training.errors import InputError
 
+commands = typer.Typer()  # cli.py merges every stage's `commands` into `azaion`
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "red", "n/a": "dim"}
 
 
-def register(app: typer.Typer) -> None:
-    app.command("health")(health)
-
-
+@commands.command("health")
 def health(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     check: list[str] = typer.Option([], "--check", help="Run only this check (repeatable): "

@@ -6,7 +6,9 @@ import typer
 
 from azaion_training.cli_support import console, print_json, settings
 
+commands = typer.Typer()  # cli.py merges every stage's `commands` into `azaion`
 queue_app = typer.Typer(no_args_is_help=True, help="Annotation ingestion from the RabbitMQ stream.")
+commands.add_typer(queue_app, name="queue")
 
 FROM_HELP = "first | last | next | offset:N (default: resume after the committed offset, else first)."
 
@@ -64,7 +66,3 @@ def publish_sample_command(
     messages = sample_messages(count, size, seed)
     sent = publish(settings().rabbitmq, [to_amqp(message) for message in messages])
     console.print(f"published {sent} messages to {settings().rabbitmq.queue_name!r}")
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(queue_app, name="queue")

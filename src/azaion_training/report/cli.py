@@ -7,6 +7,8 @@ import typer
 
 from azaion_training.cli_support import console, print_json
 
+commands = typer.Typer()  # cli.py merges every stage's `commands` into `azaion`
+
 
 def _print_status(status: dict[str, Any]) -> None:
     from rich.table import Table
@@ -35,31 +37,31 @@ def _print_status(status: dict[str, Any]) -> None:
             f"{k}={v}" for k, v in value.items())), highlight=False, soft_wrap=True)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("status")
-    def status_command(as_json: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
-        """One screen for operators: areas, classes in data/, consumer position, latest dataset/model/publish."""
-        from azaion_training.cli_support import settings
-        from azaion_training.report.status import collect_status
+@commands.command("status")
+def status_command(as_json: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
+    """One screen for operators: areas, classes in data/, consumer position, latest dataset/model/publish."""
+    from azaion_training.cli_support import settings
+    from azaion_training.report.status import collect_status
 
-        status = collect_status(settings())
-        if as_json:
-            print_json(status)
-        else:
-            _print_status(status)
+    status = collect_status(settings())
+    if as_json:
+        print_json(status)
+    else:
+        _print_status(status)
 
-    @app.command("report")
-    def report_command(
-        run: str = typer.Option(..., "--run", help="A training run name under models/ or a run directory."),
-        out: Path | None = typer.Option(None, "--out", help="Output folder (default: RUN_DIR/report)."),
-    ) -> None:
-        """Write the HTML report (curves, per-class AP, PR curve, test predictions) of a training run."""
-        from azaion_training.cli_support import settings
-        from azaion_training.offline import configure_offline_environment
-        from azaion_training.report.build import ReportInputs, build_report, resolve_run
 
-        configure_offline_environment()
-        run_dir = resolve_run(settings(), run)
-        result = build_report(settings(), ReportInputs(run_dir=run_dir, title=f"Training run {run_dir.name}"),
-                              out or run_dir / "report")
-        console.print(f"report: {result.index_html.absolute()}", highlight=False, soft_wrap=True)
+@commands.command("report")
+def report_command(
+    run: str = typer.Option(..., "--run", help="A training run name under models/ or a run directory."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default: RUN_DIR/report)."),
+) -> None:
+    """Write the HTML report (curves, per-class AP, PR curve, test predictions) of a training run."""
+    from azaion_training.cli_support import settings
+    from azaion_training.offline import configure_offline_environment
+    from azaion_training.report.build import ReportInputs, build_report, resolve_run
+
+    configure_offline_environment()
+    run_dir = resolve_run(settings(), run)
+    result = build_report(settings(), ReportInputs(run_dir=run_dir, title=f"Training run {run_dir.name}"),
+                          out or run_dir / "report")
+    console.print(f"report: {result.index_html.absolute()}", highlight=False, soft_wrap=True)

@@ -8,7 +8,10 @@ import typer
 from azaion_training.cli_support import console, layout, print_json, settings
 from azaion_training.errors import InputError, OperationFailed
 
+commands = typer.Typer()  # cli.py merges every stage's `commands` into `azaion`
 
+
+@commands.command("train")
 def train_command(
     run: str | None = typer.Argument(None, help="With --resume: the run to continue (default: the latest)."),
     dataset: str | None = typer.Option(None, "--dataset", help="Dataset name or path (default: form one)."),
@@ -72,6 +75,7 @@ def _export_and_publish(run_name: str, target: str) -> None:
     console.print(f"published {published.name} to {published.target} ({published.manifest_path})")
 
 
+@commands.command("export")
 def export_command(
     weights: Path | None = typer.Option(None, "--weights", help="Default models/azaion.pt."),
     formats: str = typer.Option("onnx", "--formats", help="Comma-separated: onnx, engine, rknn, coreml."),
@@ -108,8 +112,3 @@ def _print_export(files: dict, report, as_json: bool) -> None:
     if parity:
         console.print(f"parity on {parity['images']} images: PyTorch mAP50 {parity['pytorch_map50']:.4f}, "
                       f"ONNX mAP50 {parity['onnx_map50']:.4f} [green]passed[/green]")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("train")(train_command)
-    app.command("export")(export_command)
