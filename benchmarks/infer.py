@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-import azaion_training  # noqa: F401  (offline environment for Ultralytics first)
+from azaion_training.offline import configure_offline_environment
 
 WIDTH, HEIGHT, FPS = 1280, 720, 25.0
 CONF, IOU = 0.3, 0.3
@@ -115,6 +115,7 @@ def same_detections(ours: np.ndarray, theirs: np.ndarray) -> bool:
 
 
 def main() -> None:
+    configure_offline_environment()
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each; the best counts")

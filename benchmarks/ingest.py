@@ -29,11 +29,12 @@ from pydantic import SecretStr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # tests.services.rabbitmq: the private broker recipe
 
-from rstream import Consumer, ConsumerOffsetSpecification, OffsetType  # noqa: E402
+from rstream import ConsumerOffsetSpecification, OffsetType  # noqa: E402
 
 from azaion_training.demo.scenes import encode_jpeg, render_scene  # noqa: E402
+from azaion_training.queue.broker import stream_consumer  # noqa: E402
 from azaion_training.queue.consumer import StartSpec, StreamConsumer  # noqa: E402
-from azaion_training.queue.messages import Detection, Role, SampleOptions, sample_annotation  # noqa: E402
+from azaion_training.queue.messages import NormalizedDetection, Role, SampleOptions, sample_annotation  # noqa: E402
 from azaion_training.queue.streamio import publish, to_amqp  # noqa: E402
 from azaion_training.settings import PathSettings, RabbitMQSettings, Settings  # noqa: E402
 from tests.services.rabbitmq import RabbitNode  # noqa: E402
@@ -50,7 +51,7 @@ def realistic_messages(count: int, seed: int = 0) -> tuple[list, list[int]]:
             images.append(jpeg)
     messages = []
     for i in range(count):
-        boxes = [Detection(int(rng.integers(0, 57)), *rng.uniform(0.1, 0.9, 2), *rng.uniform(0.01, 0.2, 2))
+        boxes = [NormalizedDetection(int(rng.integers(0, 57)), *rng.uniform(0.1, 0.9, 2), *rng.uniform(0.01, 0.2, 2))
                  for _ in range(int(rng.integers(1, 21)))]
         options = SampleOptions(role=Role.Validator if i % 4 else Role.Operator, media=f"flight-{i // 50}.mp4",
                                 frame=i % 50, detections=boxes)
@@ -69,8 +70,7 @@ async def raw_consume(rabbit: RabbitMQSettings, count: int) -> float:
             done.set()
 
     started = time.perf_counter()  # connecting included, as in end_to_end
-    async with Consumer(rabbit.host, rabbit.port, username=rabbit.user,
-                        password=rabbit.password.get_secret_value(), frame_max=8 * 1024 * 1024) as consumer:
+    async with stream_consumer(rabbit, "azaion-bench-raw") as consumer:
         await consumer.subscribe(rabbit.queue_name, on_message, initial_credit=8,
                                  offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST, None))
         await asyncio.wait_for(done.wait(), 600)

@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO))
 from azaion_training.classes import model_class_names  # noqa: E402
 from azaion_training.layout import Layout  # noqa: E402
 from azaion_training.logs import setup_logging  # noqa: E402
+from azaion_training.offline import configure_offline_environment  # noqa: E402
 from azaion_training.settings import load_settings  # noqa: E402
 from azaion_training.training.train import TrainRequest, train, train_arguments  # noqa: E402
 from tests.conftest import write_synthetic_yolo_split  # noqa: E402
@@ -28,6 +29,7 @@ EPOCHS, IMGSZ, BATCH, ROUNDS = 3, 96, 8, 3
 
 
 def main() -> None:
+    configure_offline_environment()
     setup_logging(level="WARNING")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "azaion"

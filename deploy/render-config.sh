@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Render config.yaml from the server's .env at deploy time (spec §7.4, environment strategy).
+# Render config.yaml from the server's .env at deploy time.
 #   deploy/render-config.sh [ENV_FILE [OUT]]     defaults: /opt/azaion-training/.env, config.yaml beside it
 # Refuses a .env that others can read (it holds the secrets: mode 640 or tighter). `azaion config render`
 # validates every variable and names each missing or invalid one (exit 2). The .env is parsed by azaion,
@@ -18,6 +18,10 @@ mode=$(stat -c %a -- "$env_file")
 if (( 8#$mode & 8#7137 )); then
     fail "$env_file has mode $mode but holds secrets: it must be 640 or tighter. Run: chmod 640 '$env_file'"
 fi
+owner=$(stat -c %U:%G -- "$env_file")
+# A warning, not an error: a development checkout is owned by its developer.
+[[ $owner == root:deploy ]] || echo "render-config: warning: $env_file is owned by $owner, expected root:deploy" \
+    "(the secrets' owner is root, the services read them through group deploy). Run: chown root:deploy '$env_file'" >&2
 [[ -x $azaion ]] || fail "azaion CLI not found at $azaion: install the package, or set AZAION_BIN"
 
 "$azaion" config render --env-file "$env_file" --out "$out"

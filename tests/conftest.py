@@ -16,7 +16,10 @@ import yaml
 from azaion_training.classes import WeatherMode, model_class_names
 from azaion_training.demo.scenes import encode_jpeg, label_text, render_scene
 from azaion_training.layout import Layout
-from azaion_training.settings import Settings, load_settings
+from azaion_training.offline import configure_offline_environment
+from azaion_training.settings import ENV_VARS, Settings, load_settings
+
+configure_offline_environment()  # as the `azaion` entry point does: tests load Ultralytics in-process
 
 REPO = Path(__file__).resolve().parent.parent
 AZAION_BIN = Path(sys.executable).parent / "azaion"
@@ -25,10 +28,9 @@ AZAION_BIN = Path(sys.executable).parent / "azaion"
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch, tmp_path_factory):
     """No test reads the developer's config.yaml or .env, or a real /azaion."""
-    for name in list(os.environ):
-        if name.startswith(("AZAION_", "RABBITMQ_", "TRAINING_", "EXPORT_", "MODEL_ENCRYPTION", "CDN_",
-                            "INFERENCE_")):
-            monkeypatch.delenv(name, raising=False)
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("AZAION_CONFIG", raising=False)
     monkeypatch.setenv("AZAION_ROOT_DIR", str(tmp_path_factory.mktemp("azaion-root")))
 
 

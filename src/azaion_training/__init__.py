@@ -1,11 +1,8 @@
 """Azaion AI Training: annotations → datasets → YOLO models → encrypted distribution → inference.
 
-Importing the package makes Ultralytics and Albumentations offline-safe before either is
-imported anywhere: nothing in this product downloads at run time.
+Importing the package changes nothing outside it: the `azaion` entry point (and the test
+suite, and benchmarks that load Ultralytics) make Ultralytics and Albumentations offline-safe
+with `offline.configure_offline_environment()` before either is imported.
 """
-
-from azaion_training.offline import configure_offline_environment
-
-configure_offline_environment()
 
 __version__ = "0.1.0"

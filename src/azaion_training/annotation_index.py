@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from azaion_training.errors import InputError
+
 _BATCH = 500  # names per IN (...) query (SQLite allows 999 parameters in old builds)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS annotations (
@@ -52,14 +54,19 @@ class AnnotationIndex:
 
     def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
-        if readonly:
-            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
+        try:
+            if readonly:
+                self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+                self.db.execute("PRAGMA schema_version")  # reads the header: a damaged file fails here
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"annotation index {self.path} is damaged or not an SQLite database ({exc}): "
+                             "move it aside and restore it from a backup") from None
 
     def close(self) -> None:
         self.db.close()
@@ -89,17 +96,8 @@ class AnnotationIndex:
              entry.media_time_us, entry.image_ext, entry.status, entry.stream_offset, entry.updated_at),
         )
 
-    def set_area(self, name: str, area: str, status: int, stream_offset: int, updated_at: str) -> None:
-        """Record a move (Validated/Deleted) of a name; creates a bare row for unknown names."""
-        self.db.execute(
-            "INSERT INTO annotations (name, area, status, stream_offset, updated_at) VALUES (?,?,?,?,?) "
-            "ON CONFLICT(name) DO UPDATE SET area=excluded.area, status=excluded.status, "
-            "stream_offset=excluded.stream_offset, updated_at=excluded.updated_at",
-            (name, area, status, stream_offset, updated_at),
-        )
-
     def set_areas(self, names: Iterable[str], area: str, status: int, stream_offset: int, updated_at: str) -> None:
-        """`set_area` for many names in one statement batch."""
+        """Record a move (Validated/Deleted) of each name; creates a bare row for unknown names."""
         self.db.executemany(
             "INSERT INTO annotations (name, area, status, stream_offset, updated_at) VALUES (?,?,?,?,?) "
             "ON CONFLICT(name) DO UPDATE SET area=excluded.area, status=excluded.status, "
@@ -124,7 +122,8 @@ class AnnotationIndex:
         found: dict[str, IndexEntry] = {}
         for start in range(0, len(names), _BATCH):
             batch = names[start:start + _BATCH]
-            rows = self.db.execute(f"SELECT * FROM annotations WHERE name IN ({','.join('?' * len(batch))})", batch)
+            placeholders = ",".join("?" * len(batch))  # bandit B608: only "?"s are formatted in, names are bound
+            rows = self.db.execute(f"SELECT * FROM annotations WHERE name IN ({placeholders})", batch)  # nosec B608
             found.update((row[0], IndexEntry(*row)) for row in rows)
         return found
 

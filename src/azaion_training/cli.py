@@ -6,23 +6,27 @@ stays light."""
 
 import importlib
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
 import typer
-from typer._click.exceptions import ClickException  # Typer vendors Click: not `click`'s
 from rich.markup import escape
+from typer._click.exceptions import ClickException  # Typer vendors Click: not `click`'s
 
 from azaion_training.cli_support import console, err_console, print_json, state
-from azaion_training.errors import AzaionError, ConfigError
+from azaion_training.errors import AzaionError, ConfigError, InputError
 from azaion_training.fsutil import atomic_write_text
-from azaion_training.logs import setup_logging
-from azaion_training.settings import parse_env_file, settings_from_env, to_yaml
+from azaion_training.logs import redact, setup_logging
+from azaion_training.offline import configure_offline_environment
+from azaion_training.settings import LoggingSettings, load_settings, parse_env_file, settings_from_env, to_yaml
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Azaion AI Training: annotations -> datasets -> YOLO models -> encrypted models -> inference.")
 config_app = typer.Typer(no_args_is_help=True, help="Render and check config.yaml.")
 app.add_typer(config_app, name="config")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 # Stage modules whose `commands` Typer is merged into `azaion`.
 STAGE_CLI_MODULES = (
@@ -34,6 +38,9 @@ STAGE_CLI_MODULES = (
     "azaion_training.demo.cli",
     "azaion_training.ops.cli",
     "azaion_training.report.cli",
+    "azaion_training.lifecycle.weights_cli",
+    "azaion_training.lifecycle.cli",
+    "azaion_training.web.cli",
 )
 
 
@@ -41,11 +48,19 @@ STAGE_CLI_MODULES = (
 def _global(ctx: typer.Context,
             config: Path | None = typer.Option(None, "--config", "-c", envvar="AZAION_CONFIG",
                                                help="config.yaml to read (default ./config.yaml when present)."),
-            log_level: str = typer.Option("", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+            log_level: str = typer.Option("", "--log-level", help="DEBUG, INFO, WARNING or ERROR "
+                                          "(default AZAION_LOG_LEVEL)."),
             ) -> None:
+    if log_level and log_level.upper() not in LOG_LEVELS:
+        raise typer.BadParameter(f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}", param_hint="'--log-level'")
     state.config = config
+    try:
+        state.settings = load_settings(config)
+        wanted = state.settings.logging
+    except ConfigError:
+        state.settings, wanted = None, LoggingSettings()  # the command that needs the settings says why
     # The log's `service` field names the command (queue, train, publish, ...).
-    setup_logging(service=ctx.invoked_subcommand or "azaion", level=log_level or None)
+    setup_logging(service=ctx.invoked_subcommand or "azaion", level=log_level or wanted.level, fmt=wanted.format)
 
 
 @config_app.command("render")
@@ -64,11 +79,7 @@ def config_render(env_file: Path | None = typer.Option(None, "--env-file",
 def config_check(config: Path | None = typer.Option(None, "--config", help="config.yaml to validate."),
                  as_json: bool = typer.Option(False, "--json", help="Print the settings as JSON.")) -> None:
     """Validate config.yaml (plus environment overrides) and print the effective settings, secrets masked."""
-    from azaion_training.settings import load_settings
-
     path = config or state.config or Path("config.yaml")
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found: render it with `azaion config render`")
     settings = load_settings(path)
     if as_json:
         print_json(settings.masked())
@@ -85,7 +96,11 @@ def init_tree() -> None:
     from azaion_training.cli_support import layout
 
     tree = layout()
-    created = tree.init()
+    try:
+        created = tree.init()
+    except OSError as exc:
+        raise InputError(f"cannot create the data tree under AZAION_ROOT_DIR={tree.root}: "
+                         f"{exc.strerror or exc} ({exc.filename}); point it at a directory you can write") from None
     for path in created:
         console.print(f"created {path}")
     console.print(f"{tree.root}: {len(created)} created, everything else already in place")
@@ -97,13 +112,13 @@ for _module in STAGE_CLI_MODULES:
 
 def main() -> None:
     try:
+        configure_offline_environment()
         # Without standalone mode click returns the code of a `typer.Exit(code)` instead of exiting.
-        exit_code = app(standalone_mode=False)
+        exit_code = app(standalone_mode=False, prog_name="azaion")
         if isinstance(exit_code, int) and exit_code:
             sys.exit(exit_code)
     except AzaionError as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
     except ClickException as exc:
         # Usage errors: Click's usage line, a hint and the message; exit 2.
         exc.show()
@@ -111,6 +126,17 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
         sys.exit(130)
+    except sqlite3.DatabaseError as exc:
+        # Every state database we keep (annotation index, check cache) is ours: damage is bad input.
+        _fail(f"a state database under AZAION_ROOT_DIR is damaged or not an SQLite file ({exc}): "
+              "move it aside and restore it from a backup", 2)
+    except OSError as exc:
+        _fail(f"{exc.strerror or type(exc).__name__}: {exc.filename or ''}".rstrip(": "), 1)
+
+
+def _fail(message: str, exit_code: int) -> None:
+    err_console.print(f"[red]error:[/red] {escape(redact(message))}", markup=True, highlight=False)
+    sys.exit(exit_code)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from azaion_training.layout import is_safe_name
+
 
 def reference_calc_hash(text: str) -> str:
     return base64.b64encode(hashlib.sha384(text.encode()).digest()).decode()
@@ -42,6 +44,11 @@ def reference_encrypt(data: bytes, key: str) -> bytes:
 def reference_transport_key(email: str, password: str, hardware: str) -> str:
     hw_hash = reference_calc_hash(f"Azaion_{hardware}_%$$$)0_")
     return reference_calc_hash(f"{email}-{password}-{hw_hash}-#%@AzaionKey@%#---")
+
+
+def valid_resource(folder: str, name: object) -> bool:
+    """Names the server stores (and may write under its store directory)."""
+    return (folder == "" or is_safe_name(folder)) and is_safe_name(name)
 
 
 def _b64url(data: bytes) -> str:
@@ -74,13 +81,14 @@ class DevAzaionApi:
         self._generation = 0  # tokens of older generations are expired
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((self.host, self.port), _handler_for(self))
+        self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
-        return f"http://{host}:{self._server.server_address[1]}"
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host  # nosec B104 # a comparison
+        return f"http://{host}:{self.port}"
 
     def serve_forever(self) -> None:
         """Block until interrupted (the server already runs in its thread)."""
@@ -191,13 +199,17 @@ def _handler_for(api: DevAzaionApi) -> type[BaseHTTPRequestHandler]:
                 b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + body)
             for part in message.iter_parts():
                 if part.get_param("name", header="content-disposition") == "data":
+                    if not valid_resource(folder, part.get_filename()):
+                        return self._answer(400, b'{"error": "invalid folder or file name"}')
                     api.put(folder, part.get_filename(), part.get_payload(decode=True))
                     return self._answer(200, b'{"status": "ok"}')
             self._answer(400, b'{"error": "multipart field data missing"}')
 
         def _get(self, user: str, folder: str, body: bytes) -> None:
             data = json.loads(body or b"{}")
-            resource = api.get(folder, str(data.get("fileName")))
+            if not valid_resource(folder, data.get("fileName")):
+                return self._answer(400, b'{"error": "invalid folder or file name"}')
+            resource = api.get(folder, data["fileName"])
             if resource is None:
                 return self._answer(404, b'{"error": "no such resource"}')
             api.hardware_seen.add(data.get("hardware", ""))

@@ -5,14 +5,17 @@ target directory, fsync it, `os.replace` it into place, fsync the directory.
 """
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 TEMP_PREFIX = ".tmp-"
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if os.name == "posix" else None
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -93,3 +96,34 @@ def remove_stale_temp_files(directory: Path) -> int:
                 entry.unlink(missing_ok=True)
                 removed += 1
     return removed
+
+
+def make_durable(root: Path, files: Iterable[Path], directories: Iterable[Path]) -> None:
+    """Make written `files` and changed `directories` durable: one syncfs(2) of the filesystem
+    holding `root` where the OS has it (one journal commit for a whole batch), else an fsync
+    of each file and directory."""
+    if _syncfs(root):
+        return
+    for path in files:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:  # moved on since; its new place is listed too
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for directory in directories:
+        fsync_dir(directory)
+
+
+def _syncfs(path: Path) -> bool:
+    if not hasattr(os, "O_DIRECTORY") or _LIBC is None or not hasattr(_LIBC, "syncfs"):
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _LIBC.syncfs(fd) != 0:
+            raise OSError(ctypes.get_errno(), f"syncfs failed on {path}")
+    finally:
+        os.close(fd)
+    return True

@@ -1,4 +1,4 @@
-"""YOLO label lines: `class cx cy w h`, normalised (design.md §3). The one place that decides
+"""YOLO label lines: `class cx cy w h`, normalised (docs/classes-and-labels.md). The one place that decides
 what a valid box is; the consumer, dataset formation and augmentation all use it."""
 
 import math
@@ -38,6 +38,19 @@ def box_problem(cls: object, cx: object, cy: object, w: object, h: object) -> st
         return f"centre ({cx}, {cy}) is outside [0, 1]"
     if not (0 < w <= 1 and 0 < h <= 1):
         return f"size ({w}, {h}) is outside (0, 1]"
+    return None
+
+
+def stored_box_problem(cls: object, cx: object, cy: object, w: object, h: object) -> str | None:
+    """box_problem of the box as its label line stores it (Box.line: 6 decimals), so the consumer
+    refuses what formation would refuse (a width of 1e-9 is a valid number, stored as 0.000000)."""
+    problem = box_problem(cls, cx, cy, w, h)
+    if problem:
+        return problem
+    try:
+        parse_line(Box(cls, cx, cy, w, h).line())
+    except LabelError as exc:
+        return f"{exc} once written with 6 decimals"
     return None
 
 
@@ -126,7 +139,7 @@ def label_text(boxes: list[Box]) -> str:
 
 
 # Augmentation and conversion drop boxes whose clipped area is below this fraction of the
-# image (0.01 %, design.md §3).
+# image (0.01 %, docs/classes-and-labels.md).
 MIN_BOX_AREA = 0.0001
 
 

@@ -8,10 +8,13 @@
     <root>/queue-rejected/                 undecodable/invalid stream messages (<offset>.bin/.json)
     <root>/queue-state/                    offset.yaml, annotation index (sidecar), locks
     <root>/datasets/azaion-YYYY-MM-DD[-N]/ formed datasets
+    <root>/datasets/splits.sqlite3         split registry: source media -> split, kept for good
     <root>/models/                         training runs, azaion.pt, azaion.onnx, publish manifests
+    <root>/models/base/                    base weights fetched by `azaion weights pull`
     <root>/classes.json                    annotation classes
 """
 
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -19,9 +22,10 @@ from importlib import resources
 from pathlib import Path
 
 from azaion_training.errors import InputError
+from azaion_training.images import is_image_name
 from azaion_training.settings import PathSettings
 
-# Annotation names become file stems; anything else is rejected, never sanitised (design.md §3).
+# Annotation names become file stems; anything else is rejected, never sanitised (docs/wire-format.md).
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 
 
@@ -60,6 +64,76 @@ class Area:
         return self.images, self.labels
 
 
+SPLITS = ("train", "valid", "test")
+DATA_YAML_KEYS = {"train": "train", "valid": "val", "test": "test"}  # data.yaml names them as Ultralytics does
+DATASET_NAME = re.compile(r"azaion-(\d{4}-\d{2}-\d{2})(?:-(\d+))?")
+
+
+def image_files(directory: Path) -> list[Path]:
+    """The images in `directory` (images.IMAGE_SUFFIXES; hidden and temp files left out), sorted."""
+    if not directory.is_dir():
+        return []
+    with os.scandir(directory) as entries:
+        return sorted(Path(e.path) for e in entries
+                      if not e.name.startswith(".") and is_image_name(e.name) and e.is_file())
+
+
+@dataclass(frozen=True)
+class DatasetDir:
+    """A formed dataset: <split>/{images,labels} for each of SPLITS, manifest.json and data.yaml,
+    written last (a dataset without it is incomplete: never used, never the latest)."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def data_yaml(self) -> Path:
+        return self.root / "data.yaml"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    def split(self, split: str) -> Area:
+        return Area(self.root / split)
+
+    def images(self, split: str) -> list[Path]:
+        return image_files(self.split(split).images)
+
+    def is_complete(self) -> bool:
+        return self.data_yaml.is_file()
+
+    def create_splits(self) -> None:
+        for split in SPLITS:
+            for directory in self.split(split).directories():
+                directory.mkdir(parents=True)
+
+    def write_data_yaml(self, names: dict[int, str]) -> None:
+        import yaml
+
+        from azaion_training.fsutil import atomic_write_text
+
+        data = {"path": str(self.root.absolute()),
+                **{DATA_YAML_KEYS[split]: f"{split}/images" for split in SPLITS},
+                "nc": len(names), "names": names}
+        atomic_write_text(self.data_yaml, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+    @staticmethod
+    def latest(datasets: Path) -> "DatasetDir | None":
+        """The newest complete datasets/azaion-YYYY-MM-DD[-N], by its name (date, then number):
+        the one training uses when none is named (other names are never "latest")."""
+        found = []
+        if datasets.is_dir():
+            for entry in datasets.iterdir():
+                match = DATASET_NAME.fullmatch(entry.name)
+                if match and DatasetDir(entry).is_complete():
+                    found.append((match.group(1), int(match.group(2) or 1), entry))
+        return DatasetDir(max(found)[2]) if found else None
+
+
 class Layout:
     def __init__(self, paths: PathSettings):
         self.root = Path(paths.root_dir).expanduser().absolute()
@@ -74,7 +148,9 @@ class Layout:
         self.index_db = self.queue_state / "annotations.sqlite3"
         self.locks = self.queue_state / "locks"
         self.datasets = self.root / "datasets"
+        self.split_registry = self.datasets / "splits.sqlite3"  # sticky splits (dataset/split_registry.py)
         self.models = self.root / "models"
+        self.base_weights = self.models / "base"  # `azaion weights pull` (lifecycle/weights.py)
         self.current_pt = self.models / "azaion.pt"
         self.current_onnx = self.models / "azaion.onnx"
         self.classes_json = self.root / "classes.json"

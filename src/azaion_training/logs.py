@@ -3,7 +3,6 @@ human-readable lines on a TTY, and every known secret value redacted from both."
 
 import json
 import logging
-import os
 import sys
 import threading
 from datetime import UTC, datetime
@@ -61,13 +60,11 @@ class HumanFormatter(logging.Formatter):
         return redact(text)
 
 
-def setup_logging(service: str = "azaion", level: str | None = None, json_lines: bool | None = None) -> None:
-    """Configure the root logger once per process. JSON unless stdout is a TTY, or as
-    AZAION_LOG_FORMAT=json|human says; level from AZAION_LOG_LEVEL (default INFO)."""
-    level = (level or os.environ.get("AZAION_LOG_LEVEL") or "INFO").upper()
-    if json_lines is None:
-        wanted = os.environ.get("AZAION_LOG_FORMAT", "").lower()
-        json_lines = wanted == "json" or (wanted != "human" and not sys.stdout.isatty())
+def setup_logging(service: str = "azaion", level: str = "INFO", fmt: str = "auto") -> None:
+    """Configure the root logger (the CLI does it from settings.logging). `fmt`: json, human,
+    or auto (human lines on a terminal, JSON lines otherwise)."""
+    level = level.upper()
+    json_lines = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service) if json_lines else HumanFormatter())
     root = logging.getLogger()

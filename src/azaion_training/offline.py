@@ -1,4 +1,4 @@
-"""Offline environment for Ultralytics and Albumentations (design.md §4).
+"""Offline environment for Ultralytics and Albumentations: nothing downloads at run time.
 
 Ultralytics downloads its font on first plot, checks for updates, auto-installs missing
 packages and fetches `yolo26n.pt` for its AMP check; Albumentations pings PyPI for updates.
@@ -8,6 +8,7 @@ font, so none of that ever reaches for the network.
 
 import os
 import shutil
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def configure_offline_environment() -> None:
     try:
         _install_fonts(config_dir)
     except OSError:
-        # A read-only home (some containers): fall back to a private temp dir.
-        fallback = Path(os.environ.get("TMPDIR", "/tmp")) / f"azaion-ultralytics-{os.getuid()}"
+        # A read-only home (some containers): a fresh private temp dir (0700, unpredictable name).
+        fallback = Path(tempfile.mkdtemp(prefix="azaion-ultralytics-"))
         os.environ["YOLO_CONFIG_DIR"] = str(fallback)
         _install_fonts(fallback)

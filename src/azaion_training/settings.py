@@ -10,13 +10,13 @@ a stage that needs a secret asks for it with `require_secret`.
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from azaion_training.errors import ConfigError
-from azaion_training.logs import register_secret
+from azaion_training.errors import ConfigError, InputError
+from azaion_training.logs import redact, register_secret
 
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "changeit", "placeholder", "secret", "password"}
 CONFIG_ENV_VAR = "AZAION_CONFIG"
@@ -24,6 +24,9 @@ CONFIG_ENV_VAR = "AZAION_CONFIG"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+SectionT = TypeVar("SectionT", bound=_Section)
 
 
 def env(default: Any, name: str, *, required: bool = False, **constraints: Any) -> Any:
@@ -57,6 +60,13 @@ class RabbitMQSettings(_Section):
     consumer_name: str = env("azaion-training", "RABBITMQ_CONSUMER_NAME", min_length=1)
     max_image_mb: float = env(50.0, "RABBITMQ_MAX_IMAGE_MB", gt=0)
     reconnect_max_s: float = env(30.0, "RABBITMQ_RECONNECT_MAX_S", gt=0)
+
+
+def _stride_multiple(value: int) -> int:
+    """The one image-size rule: YOLO downsamples by 32."""
+    if value % 32:
+        raise ValueError("must be a multiple of 32 (the YOLO stride)")
+    return value
 
 
 def _plain_dir_name(value: str) -> str:
@@ -94,14 +104,17 @@ class TrainingSettings(_Section):
     @field_validator("imgsz")
     @classmethod
     def _stride_multiple(cls, value: int) -> int:
-        if value % 32:
-            raise ValueError("must be a multiple of 32 (the YOLO stride)")
-        return value
+        return _stride_multiple(value)
 
 
 class ExportSettings(_Section):
     onnx_imgsz: int = env(1280, "EXPORT_ONNX_IMGSZ", required=True, ge=32)
     max_batch: int = env(8, "EXPORT_MAX_BATCH", ge=1, le=64)
+
+    @field_validator("onnx_imgsz")
+    @classmethod
+    def _stride_multiple(cls, value: int) -> int:
+        return _stride_multiple(value)
 
 
 class SecuritySettings(_Section):
@@ -141,8 +154,8 @@ class LoggingSettings(_Section):
 
 
 class HealthSettings(_Section):
-    disk_warn_pct: float = env(80.0, "HEALTH_DISK_WARN_PCT", gt=0, le=100)
-    disk_fail_pct: float = env(95.0, "HEALTH_DISK_FAIL_PCT", gt=0, le=100)
+    disk_warn_pct: float = env(80.0, "HEALTH_DISK_WARN_PCT", ge=0, le=100)
+    disk_fail_pct: float = env(95.0, "HEALTH_DISK_FAIL_PCT", ge=0, le=100)
     offset_max_age_min: float = env(30.0, "HEALTH_OFFSET_MAX_AGE_MIN", gt=0)
     broker_timeout_s: float = env(3.0, "HEALTH_BROKER_TIMEOUT_S", gt=0)
 
@@ -151,8 +164,8 @@ class LifecycleSettings(_Section):
     # where `azaion weights pull` downloads base weights from (a mirror in production)
     weights_base_url: str = env("https://github.com/ultralytics/assets/releases/download/v8.4.0",
                                 "WEIGHTS_BASE_URL")
-    # the gate publishes a candidate only if its mAP50 >= production's - this
-    promotion_min_delta: float = env(0.0, "PROMOTION_MIN_DELTA", ge=0, le=1)
+    # the gate publishes a candidate only if its mAP50 >= production's - this (negative: must beat it)
+    promotion_min_delta: float = env(0.0, "PROMOTION_MIN_DELTA", ge=-1, le=1)
     # `azaion cycle` trains only when at least this many validated annotations are new
     cycle_min_new: int = env(500, "CYCLE_MIN_NEW", ge=1)
     cycle_interval_s: float = env(3600.0, "CYCLE_INTERVAL_S", gt=0)
@@ -219,19 +232,34 @@ SECRET_FIELDS = tuple(ENV_VARS[name] for name in SECRET_ENV_VARS)
 _FIELD_TO_ENV = {fields: name for name, fields in ENV_VARS.items()}
 
 
+def _read_text(path: Path, what: str, hint: str) -> str:
+    """The file's UTF-8 text (a leading BOM dropped), or a ConfigError saying why it cannot be
+    read; never any of its content, which may hold secrets."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} not found: {hint}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a directory: give the path of the file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (invalid byte at offset {exc.start}): "
+                          "save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror or type(exc).__name__}") from None
+
+
 def parse_env_file(path: Path) -> dict[str, str]:
     """Read KEY=VALUE lines (optional `export `, quotes and # comments) from a .env file."""
-    if not path.is_file():
-        raise ConfigError(f"env file {path} not found: create it from .env.example")
+    text = _read_text(path, "env file", "create it from .env.example")
     values: dict[str, str] = {}
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         line = line.removeprefix("export ").strip()
         key, sep, value = line.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {raw.strip()[:40]!r}")
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE (the line is not shown: it may hold a secret)")
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
@@ -273,9 +301,29 @@ def _validate(data: dict[str, Any], origin: str) -> Settings:
                 problems.append(f"  - config key {'.'.join(map(str, error['loc']))}: unknown key; "
                                 "remove it or fix its spelling")
             else:
-                shown = "" if _is_secret_loc(error["loc"]) else f" (got {error.get('input')!r})"
-                problems.append(f"  - {_describe(error['loc'])}: {error['msg']}{shown}")
+                problems.append(f"  - {_describe(error['loc'])}: {error['msg']}{_shown(error)}")
         raise ConfigError(f"invalid settings in {origin}:\n" + "\n".join(problems)) from None
+
+
+def _shown(error: Any) -> str:
+    """The offending input for an error message, unless it is (or holds) a secret: a password
+    typed into the wrong variable must not be echoed."""
+    value = error.get("input")
+    if _is_secret_loc(error["loc"]) or not isinstance(value, str | int | float) or isinstance(value, bool):
+        return ""
+    text = str(value)
+    if redact(text) != text:
+        return ""
+    text = repr(text[:80]) + ("..." if len(text) > 80 else "") if isinstance(value, str) else text
+    return f" (got {text})"
+
+
+def _register_raw_secrets(data: Mapping[str, Any]) -> None:
+    """Register the secret values before validation, so no error message can echo them."""
+    for section, field in SECRET_FIELDS:
+        holder = data.get(section) if section else data
+        if isinstance(holder, Mapping) and isinstance(holder.get(field), str):
+            register_secret(holder[field])
 
 
 def _is_secret_loc(loc: tuple[Any, ...]) -> bool:
@@ -290,12 +338,16 @@ def _register_secrets(settings: Settings) -> None:
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
+    text = _read_text(path, "config file", "render it with `azaion config render`")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found: render it with `azaion config render`") from None
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        # PyYAML's own message quotes the offending line, which may hold a secret.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem} "
+                          "(the line is not shown: it may hold a secret)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     return data
@@ -313,7 +365,9 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
     config = config or default_config_path()
     data = read_config_file(config) if config else {}
     origin = f"{config} and the environment" if config else "the environment"
-    settings = _validate(_apply_env(data, os.environ if env is None else env), origin)
+    data = _apply_env(data, os.environ if env is None else env)
+    _register_raw_secrets(data)
+    settings = _validate(data, origin)
     _register_secrets(settings)
     return settings
 
@@ -342,13 +396,28 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
 
 
 def to_yaml(settings: Settings) -> str:
-    """The config.yaml text for these settings (secrets in clear: the file is mode 0600)."""
+    """The config.yaml text for these settings (secrets in clear: readable by its owner and the services'
+    group only -- `azaion config render` writes it 0600, deploy/render-config.sh sets 0640)."""
     data = settings.model_dump(mode="json")
     for section, field in SECRET_FIELDS:
         secret = getattr(getattr(settings, section), field)
         data[section][field] = secret.get_secret_value() if secret is not None else None
-    header = "# Rendered by `azaion config render`. Contains secrets: keep it mode 0600, never commit it.\n"
+    header = ("# Rendered by `azaion config render`. Contains secrets: keep it readable only by its owner and "
+              "the service group (0600 or 0640), never commit it.\n")
     return header + yaml.safe_dump(data, sort_keys=False)
+
+
+def overridden(section: SectionT, **values: Any) -> SectionT:
+    """The one "command-line value, else the setting" merge: `section` with every value that
+    is not None in its place, checked by the same rules as the settings (an InputError names
+    each bad value)."""
+    updates = {name: value for name, value in values.items() if value is not None}
+    try:
+        return section.model_validate({**section.model_dump(), **updates})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}{_shown(error)}"
+                             for error in exc.errors())
+        raise InputError(f"invalid value: {problems}") from None
 
 
 def require_secret(secret: SecretStr | None, env_name: str) -> str:

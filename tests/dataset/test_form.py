@@ -1,4 +1,4 @@
-"""Dataset formation: BT-DSF, RT-DSF and the leakage/integrity rules of design.md §3."""
+"""Dataset formation and its leakage/integrity rules (docs/data-tree.md)."""
 
 import hashlib
 import json
@@ -10,9 +10,10 @@ import yaml
 
 from azaion_training.annotation_index import AnnotationIndex, IndexEntry
 from azaion_training.classes import model_class_names
-from azaion_training.dataset.form import form_dataset, latest_dataset
-from azaion_training.dataset.split import SPLITS
+from azaion_training.dataset.form import form_dataset
 from azaion_training.errors import InputError
+from azaion_training.layout import SPLITS, DatasetDir
+from azaion_training.report.status import collect_status
 from tests.conftest import run_azaion
 from tests.dataset.conftest import add_annotations, make_old, tree_digest
 
@@ -129,13 +130,14 @@ def test_other_link_methods(settings, layout, method):
 def test_same_seed_same_split_other_seed_other_split(settings, layout):
     add_annotations(layout, 40)
 
-    def assignment(seed):
-        dataset = form_dataset(settings, seed=seed, progress=False).path
+    def assignment(seed, reshuffle=False):
+        dataset = form_dataset(settings, seed=seed, progress=False, reshuffle=reshuffle).path
         return {name: split for split in SPLITS for name in _split_names(dataset, split)}
 
     first = assignment(1)
-    assert assignment(1) == first
-    assert assignment(2) != first
+    assert assignment(1, reshuffle=True) == first
+    assert assignment(2) == first  # sticky: the seed only places what was never split
+    assert assignment(2, reshuffle=True) != first
 
 
 def test_reform_same_day_gets_a_new_name_and_latest_finds_it(settings, layout):
@@ -146,9 +148,13 @@ def test_reform_same_day_gets_a_new_name_and_latest_finds_it(settings, layout):
     assert second.path.name == first.path.name + "-2"
     assert named.path.name == first.path.name + "-3"
     assert first.data_yaml.is_file()  # never overwritten
-    assert latest_dataset(layout) == named.path
+    assert DatasetDir.latest(layout.datasets).root == named.path
     (layout.datasets / "azaion-2099-01-01").mkdir()  # incomplete (no data.yaml): ignored
-    assert latest_dataset(layout) == named.path
+    for other in ("azaion-2020-01-01", "my-own-set"):  # newer on disk, but older or not dated by name
+        DatasetDir(layout.datasets / other).create_splits()
+        DatasetDir(layout.datasets / other).write_data_yaml({0: "a"})
+    assert DatasetDir.latest(layout.datasets).root == named.path
+    assert collect_status(settings)["latest_dataset"]["name"] == named.path.name  # `azaion status` agrees
 
 
 def test_frames_of_one_video_stay_in_one_split(settings, layout):

@@ -4,8 +4,9 @@ from collections import Counter
 
 import pytest
 
-from azaion_training.dataset.split import SPLITS, SplitItem, assign_splits, parse_ratios, split_targets
+from azaion_training.dataset.split import SplitItem, assign_splits, parse_ratios, split_targets
 from azaion_training.labels import Box, LabelError, check_label, clip_box, clip_corners, label_classes, parse_label_text
+from azaion_training.layout import SPLITS
 
 
 @pytest.mark.parametrize(("text", "valid"), [

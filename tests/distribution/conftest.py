@@ -3,8 +3,8 @@ and write key pairs, and settings wired to both."""
 
 import pytest
 
+from azaion_training.devapi import DevAzaionApi
 from azaion_training.settings import load_settings
-from tests.fakes.azaion_api import FakeAzaionApi
 
 EMAIL = "trainer@azaion.test"
 PASSWORD = "Pa55-word-for-tests"
@@ -23,7 +23,7 @@ def s3():
 @pytest.fixture
 def api(s3):
     """A fresh contract server holding cdn.yaml (with the CDN's two key pairs)."""
-    server = FakeAzaionApi(users={EMAIL: PASSWORD})
+    server = DevAzaionApi(users={EMAIL: PASSWORD})
     server.resources[("", "cdn.yaml")] = s3.cdn_yaml().encode()
     yield server
     server.stop()

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import run_azaion
 
 NETGUARD = Path(__file__).parent / "netguard"
-# Small enough for the suite; the ≥ 0.5 bar of the issue is for the default demo (README).
+# Small enough for the suite; the ≥ 0.5 bar is for the default demo (README).
 SMALL = ("--images", "144", "--epochs", "20", "--batch", "4", "--video-frames", "12")
 SMALL_MAP50_BAR = 0.05
 

@@ -6,8 +6,8 @@ from azaion_training.demo.pipeline import ingest_stream
 from azaion_training.demo.stream import DEMO_CLASSES, StreamPlan, write_stream_dump
 from azaion_training.layout import Layout
 from azaion_training.queue.dumpfile import read_dump
-from azaion_training.queue.handler import replay_dump
 from azaion_training.queue.messages import MessageRejected, decode
+from azaion_training.queue.replay import replay_dump
 from azaion_training.settings import load_settings
 
 

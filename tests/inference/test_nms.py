@@ -1,4 +1,4 @@
-"""BT-NMS (spec §6.3): the overlap cleanup."""
+"""The overlap cleanup (inference/nms.py)."""
 
 import numpy as np
 

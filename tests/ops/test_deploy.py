@@ -75,8 +75,9 @@ def test_compose_config_is_valid_and_complete(compose, compose_env_file, tmp_pat
                      extra_env={"AZAION_ENV_FILE": str(compose_env_file), "AZAION_HOST_ROOT": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
-    assert set(services) == {"rabbitmq", "rabbitmq-init", "minio", "minio-init", "annotation-queue", "training"}
-    for name in ("rabbitmq", "minio", "annotation-queue", "training"):  # the long-running ones
+    assert set(services) == {"rabbitmq", "rabbitmq-init", "minio", "minio-init", "render-config", "dev-api",
+                             "annotation-queue", "training"}
+    for name in ("rabbitmq", "minio", "dev-api", "annotation-queue", "training"):  # the long-running ones
         assert services[name]["healthcheck"]["test"], name
 
     rabbit = services["rabbitmq"]
@@ -91,18 +92,73 @@ def test_compose_config_is_valid_and_complete(compose, compose_env_file, tmp_pat
     assert minio_init["CDN_DOWNLOADER_ACCESS_KEY"] != minio_init["CDN_UPLOADER_ACCESS_KEY"]
     assert minio_init["CDN_BUCKET"] == "models"
 
+    # config.yaml is rendered once from .env, pointed at this stack (never the production API)
+    render = services["render-config"]
+    assert render["restart"] == "no" and "azaion config render" in " ".join(render["command"])
+    assert render["environment"]["AZAION_API_URL"] == "http://dev-api:8080"
+    assert render["environment"]["RABBITMQ_HOST"] == "rabbitmq" and render["environment"]["AZAION_ENV"] == "development"
+    assert render["environment"]["CDN_CONFIG_FILE"] == "/cdn-config/cdn.yaml"
+    assert {v["source"]: v for v in render["volumes"]}[str(compose_env_file)]["read_only"]
+    assert services["dev-api"]["command"][:5] == ["dev-api", "--host", "0.0.0.0", "--port", "8080"]
+    for name in ("dev-api", "annotation-queue", "training"):  # they read config.yaml, like production
+        assert_reads_only_the_rendered_config(services[name], "/config/config.yaml", name)
+
     queue = services["annotation-queue"]
-    assert queue["environment"]["RABBITMQ_HOST"] == "rabbitmq"
-    assert queue["environment"]["RABBITMQ_PASSWORD"] == "receiver-pw"
     assert queue["stop_grace_period"] == "30s" and queue["restart"] == "on-failure"
     assert queue["build"]["dockerfile"] == "deploy/annotation-queue.Dockerfile"
+    assert queue["depends_on"]["render-config"]["condition"] == "service_completed_successfully"
 
     training = services["training"]
     gpu = training["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
     binds = {volume["target"]: volume["source"] for volume in training["volumes"] if volume["type"] == "bind"}
     assert binds["/azaion"] == str(tmp_path)
-    assert training["restart"] == "no" and training["environment"]["CDN_CONFIG_FILE"] == "/cdn-config/cdn.yaml"
+    assert training["restart"] == "no"
+
+
+def assert_reads_only_the_rendered_config(service: dict, path: str, name: str) -> None:
+    """config.yaml mounted read-only, AZAION_CONFIG naming it, no env_file, no .env, no secret variable."""
+    assert "env_file" not in service, name
+    assert service["environment"] == {"AZAION_CONFIG": path}, name
+    config_mount = next(volume for volume in service["volumes"] if volume["target"] in (path, str(Path(path).parent)))
+    assert config_mount["read_only"], name
+    assert not any(str(volume.get("source", "")).endswith(".env") for volume in service["volumes"]), name
+
+
+PROD_ENV = {"DEPLOY_GID": "987", "AZAION_IMAGE_TAG": "1.4.0"}
+
+
+def test_production_compose_reads_the_rendered_config_against_an_external_broker(compose, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("environment: production\n")
+    result = compose("-f", str(DEPLOY / "docker-compose.prod.yml"), "--profile", "training", "config",
+                     "--format", "json", extra_env={**PROD_ENV, "AZAION_CONFIG_FILE": str(config),
+                                                    "AZAION_HOST_ROOT": str(tmp_path / "azaion")})
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert set(services) == {"annotation-queue", "health", "training"}  # no broker, no MinIO: they are external
+    for name, service in services.items():
+        assert_reads_only_the_rendered_config(service, "/etc/azaion/config.yaml", name)
+        mounts = {volume["target"]: volume for volume in service["volumes"]}
+        assert mounts["/etc/azaion/config.yaml"]["source"] == str(config)
+        assert not mounts["/etc/azaion/config.yaml"]["bind"].get("create_host_path")  # missing file: an error
+        assert mounts["/azaion"]["source"] == str(tmp_path / "azaion") and not mounts["/azaion"].get("read_only")
+        assert service["group_add"] == ["987"]  # config.yaml is root:deploy, mode 640
+        assert service["logging"] == {"driver": "json-file", "options": {"max-size": "100m", "max-file": "10"}}
+        assert service["image"].endswith(":1.4.0")
+    queue, health, training = services["annotation-queue"], services["health"], services["training"]
+    assert queue["restart"] == "unless-stopped" and queue["stop_grace_period"] == "30s"
+    assert queue["image"] == "azaion/annotation-queue:1.4.0" and not queue.get("command")  # the image's queue consume
+    assert health["restart"] == "unless-stopped" and "azaion health" in health["command"][0]
+    assert training["restart"] == "no" and training["command"] == ["train"] and training["profiles"] == ["training"]
+    assert training["stop_grace_period"] == "10m0s"
+    assert training["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+
+
+def test_production_compose_names_what_is_missing(compose):
+    result = compose("-f", str(DEPLOY / "docker-compose.prod.yml"), "config", "-q",
+                     extra_env={"AZAION_IMAGE_TAG": "1.4.0"})
+    assert result.returncode != 0 and "set DEPLOY_GID" in result.stderr
 
 
 def test_compose_names_a_missing_secret(compose, compose_env_file, tmp_path):
@@ -241,6 +297,17 @@ def test_render_writes_a_valid_config_as_tight_as_the_env(dot_env, tmp_path):
     assert "p$w`d'x" not in result.stdout + result.stderr
 
 
+def test_render_warns_when_the_env_is_not_owned_by_root_deploy(dot_env, tmp_path):
+    import grp
+    import pwd
+
+    result = render(dot_env, tmp_path / "config.yaml")
+    owner = f"{pwd.getpwuid(dot_env.stat().st_uid).pw_name}:{grp.getgrgid(dot_env.stat().st_gid).gr_name}"
+    assert result.returncode == 0, result.stderr
+    assert owner != "root:deploy"  # a test checkout: a warning, and the config is still rendered
+    assert f"owned by {owner}, expected root:deploy" in result.stderr and "chown root:deploy" in result.stderr
+
+
 def test_render_reports_a_missing_env_file(tmp_path):
     result = render(tmp_path / "absent.env", tmp_path / "config.yaml")
     assert result.returncode == 2 and "absent.env not found" in result.stderr and ".env.example" in result.stderr
@@ -286,12 +353,28 @@ def test_systemd_units_verify(tmp_path):
         text = path.read_text().replace("/opt/azaion-training/.venv/bin/azaion", str(AZAION_BIN))
         (tmp_path / path.name).write_text(text)
     units = sorted(str(path) for path in tmp_path.iterdir())
+    assert any(name.endswith("azaion-alert@.service") for name in units)  # the template is verified too
     result = subprocess.run([analyze, "verify", *units], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+    # verify only warns about a bad line (exit 0): any line naming one of our files is a finding
+    assert str(tmp_path) not in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_every_service_alerts_on_failure_through_the_template():
+    services = [path.name for path in (DEPLOY / "systemd").glob("*.service") if path.name != "azaion-alert@.service"]
+    assert services
+    for name in services:
+        assert unit(name).get("OnFailure") == "azaion-alert@%n.service", name
+    template = unit("azaion-alert@.service")
+    assert template["ExecStart"].split()[1:] == ["alert", "--unit", "%i"] and template["Type"] == "oneshot"
+    assert "OnFailure" not in template  # an alert about a failed alert would loop
+    # health posts its own failing/recovered alerts: unhealthy (exit 1) is not a unit failure
+    assert unit("azaion-health.service")["SuccessExitStatus"] == "1"
 
 
 def test_units_name_commands_the_cli_has():
-    for name, args in (("azaion-health.service", ["health"]), ("azaion-train.service", ["train"])):
+    for name, args in (("azaion-health.service", ["health"]), ("azaion-train.service", ["train"]),
+                       ("azaion-alert@.service", ["alert"])):
         assert unit(name)["ExecStart"].split()[1] == args[0]
         help_run = subprocess.run([str(AZAION_BIN), *args, "--help"], capture_output=True, text=True, timeout=60)
         assert help_run.returncode == 0, (name, help_run.stderr)

@@ -100,7 +100,7 @@ def test_full_disk_simulation_fails_and_warns_by_threshold(root):
     full = run_azaion("health", "--check", "disk", "--disk-warn-pct", "0", "--disk-fail-pct", "0", env=env)
     assert full.returncode == 1
     assert full.stdout.startswith("FAIL disk") and "critical above 0 %" in full.stdout
-    filling = run_azaion("health", "--check", "disk", "--json", env={**env, "AZAION_HEALTH_DISK_WARN_PCT": "0"})
+    filling = run_azaion("health", "--check", "disk", "--json", env={**env, "HEALTH_DISK_WARN_PCT": "0"})
     assert filling.returncode == 0
     disk = json.loads(filling.stdout)["checks"][0]
     assert disk["status"] == "warn" and disk["data"]["warn_pct"] == 0 and disk["data"]["fail_pct"] == 95

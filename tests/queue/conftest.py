@@ -13,7 +13,7 @@ from azaion_training.queue.dumpfile import DumpRecord, write_dump
 from azaion_training.queue.messages import (
     AnnotationBulkMessage,
     AnnotationStatus,
-    Detection,
+    NormalizedDetection,
     Role,
     SampleOptions,
     encode_message,
@@ -32,7 +32,7 @@ def created(name: str, role: Role = Role.Validator, status=AnnotationStatus.Crea
             media: str = "video-1.mp4", boxes=((1, 0.5, 0.5, 0.2, 0.2),)):
     """Stream entry bytes of a Created/Edited message (image b'' = a fresh JPEG, None = no image)."""
     image = jpeg(zlib.crc32(name.encode()) % 1000) if image == b"" else image
-    options = SampleOptions(role=role, media=media, detections=[Detection(*box) for box in boxes])
+    options = SampleOptions(role=role, media=media, detections=[NormalizedDetection(*box) for box in boxes])
     return encode_message(sample_annotation(name, image, options, status))
 
 

@@ -5,8 +5,9 @@ import time
 import yaml
 
 from azaion_training.queue.consumer import INBOX_DEPTH, Applier
-from azaion_training.queue.handler import AnnotationHandler, ProgressLog
+from azaion_training.queue.handler import AnnotationHandler
 from azaion_training.queue.messages import Limits
+from azaion_training.queue.progress import ProgressLog
 from tests.queue.conftest import created, temp_files
 
 

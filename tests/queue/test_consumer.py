@@ -11,17 +11,17 @@ import yaml
 from pydantic import SecretStr
 
 from azaion_training.annotation_index import AnnotationIndex
+from azaion_training.images import structure_problem
 from azaion_training.labels import parse_label_text
 from azaion_training.layout import Layout
-from azaion_training.queue.handler import replay_dump
 from azaion_training.queue.messages import (
     AnnotationMessage,
     AnnotationStatus,
     MessageRejected,
     Role,
     decode,
-    image_format,
 )
+from azaion_training.queue.replay import replay_dump
 from azaion_training.queue.streamio import publish
 from azaion_training.settings import PathSettings, RabbitMQSettings, Settings
 from tests.conftest import AZAION_BIN, run_azaion
@@ -168,7 +168,7 @@ def test_sigkill_at_random_moments_then_resume(rabbit, root, tmp_path, stream_na
         committed_names = {name for name in created_at[:committed_at_kill[-1] + 1] if name}
         assert committed_names <= labels()  # the committed offset never runs ahead of the files
         for image in (root / "data" / "images").glob("[!.]*"):  # every visible file is whole (temp files are dot-files)
-            assert image_format(image.read_bytes()) is not None, image
+            assert structure_problem(image.read_bytes()) is None, image
         for label in (root / "data" / "labels").glob("[!.]*"):
             parse_label_text(label.read_text())
     result = run_azaion("queue", "consume", "--exit-when-idle", "1.5", env=env_for(rabbit, stream_name), timeout=180)

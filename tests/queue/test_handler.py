@@ -6,8 +6,9 @@ import msgpack
 
 from azaion_training.annotation_index import AnnotationIndex, read_source_media
 from azaion_training.queue.dumpfile import DumpRecord, read_dump, write_dump
-from azaion_training.queue.handler import AnnotationHandler, replay_dump
+from azaion_training.queue.handler import AnnotationHandler
 from azaion_training.queue.messages import AnnotationStatus, Limits, Role, amqp_bytes
+from azaion_training.queue.replay import replay_dump
 from tests.conftest import run_azaion
 from tests.queue.conftest import bulk, cli_summary, created, dump_of, jpeg, scenario, snapshot, temp_files
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 import msgpack
 import pytest
 
+from azaion_training.images import image_format, structure_problem
 from azaion_training.queue.messages import (
     AnnotationBulkMessage,
     AnnotationMessage,
@@ -18,7 +19,6 @@ from azaion_training.queue.messages import (
     decode,
     encode_annotation,
     encode_bulk,
-    image_format,
 )
 from tests.queue.conftest import created, jpeg
 
@@ -94,6 +94,7 @@ def created_with(**overrides) -> bytes:
     (created_with(f5='[{"cls": 1, "x": 1.5, "y": 0.5, "w": 0.1, "h": 0.1}]'), "bad-detection"),
     (created_with(f5='[{"cls": 80, "x": 0.5, "y": 0.5, "w": 0.1, "h": 0.1}]'), "bad-detection"),
     (created_with(f5='[{"cls": 1, "x": 0.5, "y": 0.5, "w": 0, "h": 0.1}]'), "bad-detection"),
+    (created_with(f5='[{"cls": 1, "x": 0.5, "y": 0.5, "w": 1e-9, "h": 0.1}]'), "bad-detection"),  # stored as 0.000000
     (created_with(f5="{not json"), "bad-detection"),
     (created_with(f1="../x"), "unsafe-name"),
     (created_with(f1="a/b"), "unsafe-name"),
@@ -125,10 +126,10 @@ def test_image_format_recognises_real_formats():
     import numpy as np
 
     picture = np.zeros((20, 30, 3), np.uint8)
-    assert image_format(cv2.imencode(".png", picture)[1].tobytes()) == ("png", 30, 20)
-    assert image_format(cv2.imencode(".jpg", picture)[1].tobytes()) == ("jpeg", 30, 20)
-    assert image_format(cv2.imencode(".bmp", picture)[1].tobytes())[0] == "bmp"
-    assert image_format(b"GIF89a....") is None
+    for suffix, expected in ((".png", "png"), (".jpg", "jpeg"), (".bmp", "bmp"), (".webp", "webp"), (".tif", "tiff")):
+        data = cv2.imencode(suffix, picture)[1].tobytes()
+        assert image_format(data) == expected and structure_problem(data) is None
+    assert image_format(b"GIF89a....") is None and "unknown magic" in structure_problem(b"GIF89a" + bytes(20))
 
 
 def test_queue_package_imports_without_heavy_libraries():

@@ -6,7 +6,8 @@ import shutil
 from azaion_training.annotation_index import AnnotationIndex
 from azaion_training.demo.stream import StreamPlan, write_stream_dump
 from azaion_training.labels import read_label_file
-from azaion_training.queue.handler import replay_dump, write_offset_file
+from azaion_training.queue.offsets import write_offset_record
+from azaion_training.queue.replay import replay_dump
 from tests.conftest import run_azaion
 
 TOP_KEYS = {"root", "initialised", "areas", "rejected", "corrupted_reasons", "data_classes", "queue",
@@ -43,7 +44,7 @@ def test_status_of_a_missing_tree_says_to_init(tmp_path):
 def test_status_of_a_populated_tree(settings, layout, tmp_path, tiny_model, tiny_onnx, monkeypatch):
     summary = write_stream_dump(tmp_path / "s.azqdump", StreamPlan(images=30, size=64, seed=2))
     replay_dump(settings, tmp_path / "s.azqdump")
-    write_offset_file(layout.offset_file, settings.rabbitmq.queue_name, 41)
+    write_offset_record(layout.offset_file, settings.rabbitmq.queue_name, 41)
     index = AnnotationIndex(layout.index_db)  # what the consumer records with each commit
     index.set_meta("last_message_time", "2025-06-01T08:00:00+00:00")
     index.close()

@@ -1,4 +1,4 @@
-"""BT-ENC, BT-SPL, RT-ENC, ST-ENC (spec §6.3) and interoperability with OpenSSL."""
+"""AES, key derivations and the split (docs/encryption.md), and interoperability with OpenSSL."""
 
 import base64
 import hashlib
@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from azaion_training.devapi import reference_encrypt
 from azaion_training.errors import ConfigError
 from azaion_training.security.crypto import (
     DecryptionError,
@@ -21,7 +22,6 @@ from azaion_training.security.crypto import (
 from azaion_training.security.keys import model_key
 from azaion_training.security.split import SplitWriter, small_size, split
 from azaion_training.settings import load_settings
-from tests.fakes.azaion_api import reference_encrypt
 
 KEY = calc_hash("unit-test-key")
 

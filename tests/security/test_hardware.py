@@ -1,10 +1,10 @@
-"""BT-HSH, ST-HSH (spec §6.3) and the Linux hardware fingerprint."""
+"""The hardware hash and the Linux hardware fingerprint (docs/encryption.md)."""
 
 import base64
 
+from azaion_training.devapi import reference_calc_hash, reference_transport_key
 from azaion_training.security.hardware import collect_hardware_info, hardware_info
 from azaion_training.security.keys import api_transport_key, hardware_hash
-from tests.fakes.azaion_api import reference_calc_hash, reference_transport_key
 
 HW = "CPU: Test CPU. GPU: None. Memory: 1024 kB. DriveSerial: S1"
 

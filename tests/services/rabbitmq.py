@@ -1,4 +1,4 @@
-"""A private RabbitMQ node with the stream plugin, for tests and benchmarks (design.md §5).
+"""A private RabbitMQ node with the stream plugin, for tests and benchmarks.
 
 The machine's own node (AMQP 5672) may run without the stream plugin, so we never rely on
 it: if RABBITMQ_TEST_STREAM_PORT points at a broker whose stream port answers we use that,

@@ -43,7 +43,6 @@ def test_train_end_to_end_records_run_and_installs_best(trained):
     assert record["status"] == "finished" and record["epochs_done"] == 2 and record["mode"] == "new"
     assert record["dataset"] == str(layout.datasets / DATASET)
     assert set(record["metrics"]) == {"precision", "recall", "mAP50", "mAP50-95"}
-    assert json.loads((layout.models / "latest_run.json").read_text()) == record
     epochs = epoch_lines(result.stdout)
     assert [e["epoch"] for e in epochs] == [1, 2]
     for entry in epochs:
@@ -51,10 +50,12 @@ def test_train_end_to_end_records_run_and_installs_best(trained):
         assert entry["epochs"] == 2 and entry["epoch_time_s"] > 0 and "box_loss" in entry["losses"]
 
 
-def test_train_publishes_the_parity_checked_onnx(trained):
+def test_train_publishes_the_parity_checked_onnx_through_the_gate(trained):
     root, published, result = trained
-    onnx = root / "models" / "azaion.onnx"
+    onnx = root / "models" / f"azaion-{date.today().isoformat()}" / "azaion.onnx"  # the run's own export
     assert onnx.is_file()
+    history = [json.loads(line) for line in (root / "models/published/models/history.jsonl").read_text().splitlines()]
+    assert [(e["action"], e["gate"]) for e in history] == [("promote", None)]  # the first promotion publishes
     manifests = list(published.rglob("*.manifest.json"))
     assert len(manifests) == 1
     manifest = json.loads(manifests[0].read_text())
@@ -109,7 +110,7 @@ def test_sigkill_during_epoch_two_then_resume_ends_with_three_epochs(tmp_path, s
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"  # killed, never updated
     assert resumable_checkpoint(run_dir)[1:] == (1, 3)
 
-    result = run_azaion("train", "--resume", env=tiny_env(root))
+    result = run_azaion("train", "--resume", str(run_dir), env=tiny_env(root))  # a run directory, as report --run
     assert result.returncode == 0, result.stderr[-2000:]
     assert [e["epoch"] for e in epoch_lines(result.stdout)] == [2, 3]
     assert results_rows(run_dir) == 3
@@ -165,6 +166,21 @@ def test_preflight_go(tmp_path, synthetic_dataset):
     assert all(c.ok for c in checks), checks
     assert "32 train, 12 valid" in checks[0].detail
     assert planned_checkpoints(120, 1) == 122 and planned_checkpoints(10, -1) == 2
+
+
+def test_preflight_without_dataset_checks_what_train_would_form(tmp_path):
+    """`train` without --dataset forms a new dataset from data/: preflight checks data/, not an old dataset."""
+    root = tmp_path / "azaion"
+    settings = load_settings(env=tiny_env(root))
+    layout = Layout(settings.paths)
+    layout.init()
+    (layout.datasets / "azaion-2025-01-01").mkdir()  # an older dataset that train would not use
+    (layout.datasets / "azaion-2025-01-01" / "data.yaml").write_text("nc: 80\n")
+    empty = preflight(settings, TrainRequest())[0]
+    assert not empty.ok and "no annotations" in empty.detail
+    write_synthetic_yolo_split(layout.data.root, 3, 64, seed=3)
+    ready = preflight(settings, TrainRequest())[0]
+    assert ready.ok and "formed from 3 annotations" in ready.detail
 
 
 def test_preflight_no_go_names_each_failure(tmp_path, synthetic_dataset):

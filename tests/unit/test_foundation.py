@@ -1,9 +1,11 @@
-"""Issue 2: settings, config render/check, the data tree, classes, logging, offline env."""
+"""The foundation: settings, config render/check, the data tree, classes, logging, import side effects."""
 
 import json
 import logging
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from azaion_training.errors import ConfigError
 from azaion_training.layout import Layout, is_safe_name
 from azaion_training.logs import JsonFormatter, redact, register_secret
 from azaion_training.settings import REQUIRED_ENV_VARS, load_settings, parse_env_file
-from tests.conftest import REPO, run_azaion
+from tests.conftest import AZAION_BIN, REPO, run_azaion
 
 
 def filled_env(tmp_path: Path) -> dict[str, str]:
@@ -174,9 +176,60 @@ def test_class_ids_and_names_for_all_80_slots():
     assert classes[21].color == classes[1].color and len(classes[0].rgb) == 3
 
 
-def test_offline_environment_is_set_on_import():
-    import azaion_training  # noqa: F401
+IMPORT_EVERYTHING = """
+import importlib, json, os, pkgutil, sys
+import cv2  # OpenCV's own import sets LD_LIBRARY_PATH: a third party's doing, not ours
+before = dict(os.environ)
+import azaion_training
+names = [m.name for m in pkgutil.walk_packages(azaion_training.__path__, "azaion_training.")]
+for name in names:
+    importlib.import_module(name)
+changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))
+print(json.dumps({"modules": len(names), "changed": changed}))
+"""
 
-    assert os.environ["YOLO_OFFLINE"] == "1" and os.environ["NO_ALBUMENTATIONS_UPDATE"] == "1"
-    font = Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics" / "Arial.ttf"
+
+def _bare_env(home: Path) -> dict[str, str]:
+    """A process environment with a fresh HOME and none of the offline switches set."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("YOLO_", "XDG_")) and k not in ("NO_ALBUMENTATIONS_UPDATE", "MPLCONFIGDIR")}
+    return {**env, "HOME": str(home), "MPLCONFIGDIR": str(home.parent / "mpl")}
+
+
+def _files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_importing_the_package_changes_no_environment_and_writes_nothing(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    done = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING], env=_bare_env(home), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["modules"] > 40
+    assert result["changed"] == []
+    assert _files_under(home) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+
+
+def test_the_cli_makes_ultralytics_offline_at_start(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**_bare_env(home), "AZAION_ROOT_DIR": str(tmp_path / "root")}
+    done = subprocess.run([str(AZAION_BIN), "status", "--json"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    font = home / ".config" / "azaion-training" / "Ultralytics" / "Arial.ttf"
     assert font.is_file() and font.stat().st_size > 100_000
+
+
+def test_log_lines_name_the_command_and_follow_the_level_setting(root):
+    formed = run_azaion("dataset", "form", env={"AZAION_LOG_LEVEL": "warning"})
+    assert formed.returncode == 0, formed.stderr
+    lines = [json.loads(line) for line in formed.stdout.splitlines() if line.startswith('{"timestamp"')]
+    assert lines, formed.stdout
+    assert {line["service"] for line in lines} == {"dataset"}
+    assert {line["level"] for line in lines} == {"WARNING"}  # "dataset formed" (INFO) filtered out
+    bad = run_azaion("--log-level", "loud", "status")
+    assert bad.returncode == 2 and "Usage: azaion" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,7 +1,7 @@
-"""8x augmentation (spec §2.2, design.md §3) with a content-keyed cache in data-processed/.
+"""8x augmentation (docs/classes-and-labels.md) with a content-keyed cache in data-processed/.
 
 Each source yields its original (`stem.ext`, boxes clipped) plus 7 variants `stem_1.jpg` ..
-`stem_7.jpg` from the spec's Albumentations chain. Variants are keyed by the sha256 of the
+`stem_7.jpg` from the Albumentations chain below. Variants are keyed by the sha256 of the
 source image and label: `data-processed/index/<stem>.json` records the key and the files'
 hashes once all files are written, so a re-run (or a re-formed dataset) reuses them and an
 edited annotation is redone. Randomness is seeded by the key, so two concurrent runs write
@@ -20,12 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from azaion_training.dataset.check_cache import cache_file
-from azaion_training.dataset.progress import Progress
-from azaion_training.dataset.sources import CheckedPair, check_pairs, image_problem, scan_pairs
+from azaion_training.dataset.sources import CheckedPair, check_pairs, scan_pairs
 from azaion_training.fsutil import TEMP_PREFIX, atomic_write_bytes, atomic_write_text, link_or_copy
+from azaion_training.images import structure_problem
 from azaion_training.labels import MIN_BOX_AREA, Box, LabelError, clip_box, label_text, read_label_file
 from azaion_training.layout import Area, Layout
 from azaion_training.logs import get_logger, log
+from azaion_training.progress import Progress
 from azaion_training.settings import Settings
 
 logger = get_logger("augment")
@@ -37,7 +38,7 @@ JOBS_PER_WORKER = 4  # jobs in flight per worker: keeps workers busy and memory 
 
 
 def build_pipeline():
-    """The spec's chain (§2.2); boxes in YOLO format, clipped to the image on input."""
+    """The augmentation chain (docs/classes-and-labels.md); boxes in YOLO format, clipped to the image on input."""
     import albumentations as A
 
     return A.Compose(
@@ -76,7 +77,7 @@ class Variant:
 
 
 @dataclass
-class Outcome:
+class AugmentOutcome:
     name: str
     key: str
     variants: list[Variant] = field(default_factory=list)
@@ -125,7 +126,7 @@ class VariantCache:
             return variants
         return None
 
-    def store(self, outcome: Outcome) -> None:
+    def store(self, outcome: AugmentOutcome) -> None:
         record = {"key": outcome.key, "variants": [asdict(v) for v in outcome.variants],
                   "failed_variants": outcome.failed_variants}
         atomic_write_text(self.marker(outcome.name), json.dumps(record), durable=False)
@@ -173,16 +174,16 @@ def augment_variant(pipeline, image, boxes: list[Box], min_area: float) -> tuple
     return result["image"], [box for box in out if box is not None]
 
 
-def augment_one(job: AugmentJob, processed_root: Path, min_area: float) -> Outcome:
+def augment_one(job: AugmentJob, processed_root: Path, min_area: float) -> AugmentOutcome:
     """All 8 outputs of one source, recorded in the cache; errors are returned, not raised."""
     import cv2
     import numpy as np
 
     area = Area(processed_root)
-    outcome = Outcome(job.name, job.key)
+    outcome = AugmentOutcome(job.name, job.key)
     try:
         image_bytes = job.image.read_bytes()
-        problem = image_problem(image_bytes, job.image.suffix)
+        problem = structure_problem(image_bytes)  # the full decode below does the rest
         image = None if problem else cv2.imdecode(np.frombuffer(image_bytes, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             outcome.error = problem or "image cannot be decoded"
@@ -207,7 +208,7 @@ def augment_one(job: AugmentJob, processed_root: Path, min_area: float) -> Outco
     return outcome
 
 
-def _run_inline(jobs: Sequence[AugmentJob], processed_root: Path, min_area: float) -> Iterator[Outcome]:
+def _run_inline(jobs: Sequence[AugmentJob], processed_root: Path, min_area: float) -> Iterator[AugmentOutcome]:
     if _pipeline is None:
         _init_worker()
     for job in jobs:
@@ -215,7 +216,7 @@ def _run_inline(jobs: Sequence[AugmentJob], processed_root: Path, min_area: floa
 
 
 def run_in_processes(jobs: Sequence[AugmentJob], processed_root: Path, min_area: float,
-                      workers: int) -> Iterator[Outcome]:
+                      workers: int) -> Iterator[AugmentOutcome]:
     import multiprocessing
 
     # spawn: workers never inherit the parent's threads (progress bar, OpenCV pools)

@@ -22,7 +22,7 @@ from azaion_training.logs import get_logger, log
 logger = get_logger("dataset")
 
 FILE_NAME = ".check-cache.sqlite3"  # under datasets/: never taken for a dataset (not azaion-*)
-VERSION = 1  # PRAGMA user_version: bump when the check rules or the row layout change
+VERSION = 2  # PRAGMA user_version: bump when the check rules or the row layout change (2: decode check)
 TIMEOUT_S = 30.0  # formation and the augment watcher may update it at the same time
 
 Signature = tuple[int, int, int, int, int, int]  # image (inode, size, mtime_ns), then label's

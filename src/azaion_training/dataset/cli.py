@@ -33,15 +33,18 @@ def _warn(warnings: list[str]) -> None:
 @dataset_app.command("form")
 def form(name: str | None = typer.Option(None, "--name", help="Dataset name (default azaion-YYYY-MM-DD; "
                                                                "a taken name gets a -2, -3 suffix)."),
-         seed: int = typer.Option(0, "--seed", help="Seed of the split (same seed + same data = same split)."),
+         seed: int = typer.Option(0, "--seed", help="Seed of the placement of source media never split before "
+                                                    "(splits are sticky: seen media keep theirs)."),
          split: str = typer.Option("70/20/10", "--split", help="train/valid/test shares."),
          augment: bool = typer.Option(False, "--augment", help="Add 7 augmented variants per train image."),
          link: str = typer.Option("hardlink", "--link", help="hardlink | symlink | copy."),
          workers: int | None = typer.Option(None, "--workers", help=WORKERS_HELP),
          min_box_area: float = typer.Option(MIN_BOX_AREA, "--min-box-area", help=MIN_AREA_HELP),
+         reshuffle: bool = typer.Option(False, "--reshuffle", help="Re-split everything: a new split generation "
+                                                                   "(older models then saw valid/test data)."),
          as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
     """Form datasets/azaion-YYYY-MM-DD from data/: check labels (bad ones to data-corrupted/),
-    split by source media, hardlink, write data.yaml and manifest.json."""
+    split by source media (sticky), hardlink, write data.yaml and manifest.json."""
     from azaion_training.dataset.form import form_dataset
     from azaion_training.dataset.split import parse_ratios
 
@@ -50,14 +53,15 @@ def form(name: str | None = typer.Option(None, "--name", help="Dataset name (def
     except ValueError as exc:
         raise InputError(f"--split: {exc}") from None
     result = form_dataset(settings(), name=name, seed=seed, split=ratios, augment=augment, link=link,
-                          workers=_workers(workers), min_box_area=min_box_area)
+                          workers=_workers(workers), min_box_area=min_box_area, reshuffle=reshuffle)
     if as_json:
         print_json(result.to_dict())
         return
     _warn(result.warnings)
     counts = ", ".join(f"{split} {result.counts[split]}" for split in result.counts)
     console.print(f"formed {result.path} ({counts} images; {result.corrupted} quarantined; "
-                  f"{result.link_method}; {result.seconds:.1f} s)", highlight=False, soft_wrap=True)
+                  f"{result.link_method}; {result.seconds:.1f} s; split generation {result.split_generation}, "
+                  f"{result.new_groups} new source media)", highlight=False, soft_wrap=True)
     console.print(f"data.yaml: {result.data_yaml}", highlight=False, soft_wrap=True)
 
 

@@ -1,4 +1,4 @@
-"""Foreign annotations -> YOLO labels (spec §2.9's convert-annotations).
+"""Foreign annotations -> YOLO labels (the platform's convert-annotations tool).
 
 Formats:
   voc       Pascal VOC XML, one file per image: <size><width/><height/></size> and
@@ -13,14 +13,14 @@ reported with the reason and left where they are.
 """
 
 import shutil
-import xml.etree.ElementTree as ElementTree
+import xml.etree.ElementTree as ElementTree  # nosec B405 # see read_pascal_voc
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from azaion_training.classes import MODEL_SLOTS, load_classes
-from azaion_training.dataset.sources import IMAGE_SUFFIXES
 from azaion_training.errors import InputError
 from azaion_training.fsutil import atomic_write_text
+from azaion_training.images import is_image_name
 from azaion_training.labels import Box, clip_corners, label_text
 from azaion_training.layout import is_safe_name
 
@@ -54,7 +54,7 @@ def class_lookup(classes_json: Path | None) -> dict[str, int]:
 
 def minmax2yolo(width: float, height: float, xmin: float, xmax: float, ymin: float, ymax: float,
                 cls: int = 0) -> Box:
-    """A pixel corner box -> normalised YOLO box, clipped to the image (spec §2.9)."""
+    """A pixel corner box -> normalised YOLO box, clipped to the image (docs/classes-and-labels.md)."""
     if width <= 0 or height <= 0:
         raise ConversionError(f"image size {width}x{height} is not positive")
     box = clip_corners(cls, xmin / width, ymin / height, xmax / width, ymax / height, min_area=0.0)
@@ -72,7 +72,9 @@ def _class_id(name: str, lookup: dict[str, int]) -> int:
 
 def read_pascal_voc(text: str, lookup: dict[str, int], image_size: tuple[int, int] | None) -> list[Box]:
     try:
-        root = ElementTree.fromstring(text)
+        # The operator's own files; ElementTree resolves no external entities and expat >= 2.4 caps
+        # entity expansion (billion laughs).
+        root = ElementTree.fromstring(text)  # nosec B314
         size = root.find("size")
         width, height = ((float(size.findtext("width")), float(size.findtext("height"))) if size is not None
                          else image_size)
@@ -147,7 +149,7 @@ def convert(src: Path, out: Path, fmt: str, classes_json: Path | None = None) ->
     lookup = class_lookup(classes_json)
     images: dict[str, Path] = {}
     for path in sorted(src.rglob("*")):
-        if path.suffix.lower() in IMAGE_SUFFIXES:
+        if is_image_name(path.name):
             images.setdefault(path.stem, path)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
-"""Dataset formation: data/ -> datasets/azaion-YYYY-MM-DD[-N]/ (spec §2.3, design.md §3).
+"""Dataset formation: data/ -> datasets/azaion-YYYY-MM-DD[-N]/ (docs/data-tree.md).
 
-Every annotation is checked (label rules, image structure) and hashed in one read; bad pairs
+Every annotation is checked (label rules, the image decodes) and hashed in one read; bad pairs
 are quarantined to data-corrupted/ with a reason file (the only time formation moves source
 files). The rest are split 70/20/10 by source media, hardlinked into the dataset (data/ is
 never modified), optionally augmented in the train split only, and described by manifest.json.
@@ -10,7 +10,6 @@ data.yaml is written last: a dataset without it is incomplete and never picked a
 import json
 import logging
 import os
-import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -19,26 +18,24 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
-import yaml
-
 from azaion_training.annotation_index import read_source_media
-from azaion_training.classes import MODEL_SLOTS, model_class_names
+from azaion_training.classes import model_class_names
 from azaion_training.dataset.augment import AugmentJob, run_jobs
 from azaion_training.dataset.check_cache import cache_file
-from azaion_training.dataset.progress import Progress
 from azaion_training.dataset.sources import BadPair, CheckedPair, check_pairs, in_chunks, scan_pairs
-from azaion_training.dataset.split import SPLITS, SplitItem, assign_splits
+from azaion_training.dataset.split import SplitItem
+from azaion_training.dataset.split_registry import SplitRegistry
 from azaion_training.errors import InputError
 from azaion_training.fsutil import atomic_write_text, durable_move, link_or_copy
 from azaion_training.labels import MIN_BOX_AREA
-from azaion_training.layout import Layout, checked_name, is_safe_name
+from azaion_training.layout import SPLITS, DatasetDir, Layout, checked_name, is_safe_name
 from azaion_training.logs import get_logger, log
+from azaion_training.progress import Progress
 from azaion_training.settings import Settings
 
 logger = get_logger("dataset")
 
 LINK_METHODS = ("hardlink", "symlink", "copy")
-DATASET_NAME = re.compile(r"azaion-(\d{4}-\d{2}-\d{2})(?:-(\d+))?")
 EXAMPLES = 10
 LINK_THREADS = 2  # os.link is a syscall that releases the GIL: two threads overlap its kernel time
 LINK_CHUNK = 4096
@@ -57,32 +54,24 @@ class FormResult:
     link_method: str = "hardlink"
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    split_generation: int = 1  # sticky split generation (split_registry.py)
+    new_groups: int = 0  # source media placed into a split for the first time
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "data_yaml": str(self.data_yaml), "manifest": str(self.manifest),
                 "counts": self.counts, "sources": self.sources, "corrupted": self.corrupted,
                 "corrupted_examples": self.corrupted_examples, "augmented": self.augmented,
-                "link_method": self.link_method, "warnings": self.warnings, "seconds": round(self.seconds, 2)}
-
-
-def latest_dataset(layout: Layout) -> Path | None:
-    """The newest complete datasets/azaion-YYYY-MM-DD[-N] (by date, then suffix)."""
-    found = []
-    if layout.datasets.is_dir():
-        for entry in layout.datasets.iterdir():
-            match = DATASET_NAME.fullmatch(entry.name)
-            if match and (entry / "data.yaml").is_file():
-                found.append((match.group(1), int(match.group(2) or 1), entry))
-    return max(found)[2] if found else None
+                "link_method": self.link_method, "warnings": self.warnings, "seconds": round(self.seconds, 2),
+                "split_generation": self.split_generation, "new_groups": self.new_groups}
 
 
 def resolve_dataset(target: str | Path | None, layout: Layout) -> Path:
     """A dataset given by path or by name under datasets/; the latest one when None."""
     if target is None:
-        latest = latest_dataset(layout)
+        latest = DatasetDir.latest(layout.datasets)
         if latest is None:
             raise InputError(f"no dataset in {layout.datasets}: form one with `azaion dataset form`")
-        return latest
+        return latest.root
     # A bare name means datasets/<name> even when the working directory happens to hold a
     # folder of that name; anything else is a path.
     named = layout.datasets / str(target) if is_safe_name(str(target)) else None
@@ -126,18 +115,6 @@ def quarantine(layout: Layout, bad: BadPair) -> str:
     return stem
 
 
-def write_data_yaml(path: Path, dataset: Path, layout: Layout) -> None:
-    data = {"path": str(dataset.absolute()), "train": "train/images", "val": "valid/images",
-            "test": "test/images", "nc": MODEL_SLOTS, "names": model_class_names(layout.classes_json)}
-    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-
-
-def _prepare_split_dirs(dataset: Path) -> None:
-    for split in SPLITS:
-        for kind in ("images", "labels"):
-            (dataset / split / kind).mkdir(parents=True)
-
-
 def _check_arguments(split: Sequence[int], link: str) -> None:
     if link not in LINK_METHODS:
         raise InputError(f"--link {link!r} is not one of {', '.join(LINK_METHODS)}")
@@ -162,9 +139,10 @@ def _dataset_files(checked: CheckedPair, split: str, augmented: dict, processed:
 
 def form_dataset(settings: Settings, name: str | None = None, seed: int = 0, split: Sequence[int] = (70, 20, 10),
                  augment: bool = False, link: str = "hardlink", progress: bool = True, workers: int = 0,
-                 min_box_area: float = MIN_BOX_AREA) -> FormResult:
+                 min_box_area: float = MIN_BOX_AREA, reshuffle: bool = False) -> FormResult:
     """Form a dataset from data/ (see the module docstring). `workers` is the number of
-    augmentation processes (0: augment in this process)."""
+    augmentation processes (0: augment in this process). Splits are sticky (split_registry.py):
+    `seed` places only groups never seen before; `reshuffle` starts a new split generation."""
     started = time.monotonic()
     _check_arguments(split, link)
     layout = Layout(settings.paths)
@@ -186,11 +164,16 @@ def form_dataset(settings: Settings, name: str | None = None, seed: int = 0, spl
 
     media = read_source_media(layout.index_db)
     media_of = {c.pair.name: media.get(c.pair.name, c.pair.name) for c in good}
-    assignment = assign_splits([SplitItem(c.pair.name, media_of[c.pair.name], c.classes) for c in good],
-                               split, seed)
-
     dataset = claim_dataset_dir(layout, name or f"azaion-{date.today().isoformat()}")
-    _prepare_split_dirs(dataset)
+    with SplitRegistry(layout.split_registry) as registry:  # committed before any file is linked
+        sticky = registry.assign([SplitItem(c.pair.name, media_of[c.pair.name], c.classes) for c in good],
+                                 split, seed, dataset.name, reshuffle)
+    assignment = sticky.splits
+    if sticky.reshuffled:
+        warnings.append(f"splits reshuffled: generation {sticky.generation} starts with {dataset.name}; models "
+                        "trained before it saw today's valid/test data, so their metrics on it are inflated "
+                        "and not comparable with models trained from now on")
+    DatasetDir(dataset).create_splits()
 
     augmented: dict = {}
     if augment:
@@ -208,18 +191,18 @@ def form_dataset(settings: Settings, name: str | None = None, seed: int = 0, spl
     manifest = {
         "name": dataset.name, "created": datetime.now().isoformat(timespec="seconds"),
         "source": str(layout.data.root), "seed": seed, "split": dict(zip(SPLITS, split, strict=True)),
+        "split_generation": sticky.generation,
         "augmented": augment, "link_method": method, "counts": counts, "sources": sources,
         "class_histogram": histogram,
         "corrupted": {"count": len(bad), "examples": examples},
         "files": manifest_files,
     }
-    manifest_path = dataset / "manifest.json"
-    atomic_write_text(manifest_path, json.dumps(manifest, ensure_ascii=False))
-    data_yaml = dataset / "data.yaml"
-    write_data_yaml(data_yaml, dataset, layout)
-    result = FormResult(dataset, data_yaml, manifest_path, counts, sources, len(bad), examples,
+    formed = DatasetDir(dataset)
+    atomic_write_text(formed.manifest, json.dumps(manifest, ensure_ascii=False))
+    formed.write_data_yaml(model_class_names(layout.classes_json))
+    result = FormResult(dataset, formed.data_yaml, formed.manifest, counts, sources, len(bad), examples,
                         sum(1 for c in good if c.pair.name in augmented and assignment[c.pair.name] == "train"),
-                        method, warnings, time.monotonic() - started)
+                        method, warnings, time.monotonic() - started, sticky.generation, sticky.new_groups)
     for warning in warnings:
         log(logger, logging.WARNING, warning)
     log(logger, logging.INFO, "dataset formed", **{k: v for k, v in result.to_dict().items() if k != "warnings"})

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from azaion_training.dataset.check_cache import CheckCache, Entry, Signature, stat_signature
-from azaion_training.dataset.progress import Progress
 from azaion_training.fsutil import TEMP_PREFIX
 from azaion_training.images import IMAGE_SUFFIXES, decode_problem
 from azaion_training.labels import LabelError, label_classes
 from azaion_training.layout import Area
+from azaion_training.progress import Progress
 
 # A half-written pair (the consumer is storing it right now) is left alone for this long.
 FRESH_S = 120.0
@@ -109,10 +109,10 @@ def _read(path: str) -> tuple[bytes, tuple[int, int, int]]:
 
 # A check's outcome in plain values (cheap to send back from a worker process): the reason a
 # pair is bad, or (image sha256, label sha256, classes, signature)
-Outcome = str | tuple[str, str, tuple[int, ...], Signature]
+CheckOutcome = str | tuple[str, str, tuple[int, ...], Signature]
 
 
-def _examine(pair: Pair) -> Outcome:
+def _examine(pair: Pair) -> CheckOutcome:
     try:
         image_bytes, image_signature = _read(pair.image)
         label_bytes, label_signature = _read(pair.label)
@@ -131,7 +131,7 @@ def _examine(pair: Pair) -> Outcome:
             image_signature + label_signature)
 
 
-def _result(pair: Pair, outcome: Outcome) -> CheckedPair | BadPair:
+def _result(pair: Pair, outcome: CheckOutcome) -> CheckedPair | BadPair:
     return BadPair(pair, outcome) if isinstance(outcome, str) else CheckedPair(pair, *outcome)
 
 
@@ -139,7 +139,7 @@ def check_pair(pair: Pair) -> CheckedPair | BadPair:
     return _result(pair, _examine(pair))
 
 
-def _examine_chunk(pairs: Sequence[Pair]) -> list[Outcome]:
+def _examine_chunk(pairs: Sequence[Pair]) -> list[CheckOutcome]:
     return [_examine(pair) for pair in pairs]
 
 

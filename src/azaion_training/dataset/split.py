@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-SPLITS = ("train", "valid", "test")
+from azaion_training.layout import SPLITS
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def assign_groups(items: Sequence[SplitItem], ratios: Sequence[int] = (70, 20, 1
         else:
             new.append(group)
     new.sort()
-    random.Random(seed).shuffle(new)
+    random.Random(seed).shuffle(new)  # nosec B311 # a reproducible split, not a secret
     new.sort(key=lambda g: len(groups[g]), reverse=True)  # stable: ties keep the shuffled order
     for group in new:
         members = groups[group]

@@ -5,8 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from azaion_training.classes import model_class_names
-from azaion_training.dataset.sources import IMAGE_SUFFIXES
-from azaion_training.dataset.split import SPLITS
+from azaion_training.layout import SPLITS, DatasetDir
 
 
 @dataclass
@@ -25,13 +24,11 @@ class DatasetStats:
 
 
 def dataset_stats(dataset: Path) -> DatasetStats:
-    stats = DatasetStats(dataset)
+    stats, formed = DatasetStats(dataset), DatasetDir(dataset)
     for split in SPLITS:
-        images = dataset / split / "images"
-        found = images.iterdir() if images.is_dir() else ()
-        stats.images[split] = sum(1 for p in found if p.suffix.lower() in IMAGE_SUFFIXES)
+        stats.images[split] = len(formed.images(split))
         stats.boxes[split] = Counter()
-        labels = dataset / split / "labels"
+        labels = formed.split(split).labels
         for label in (labels.glob("*.txt") if labels.is_dir() else ()):
             try:
                 lines = label.read_text(encoding="utf-8").splitlines()

@@ -1,15 +1,14 @@
-"""Headless PNG grids of images with their boxes, class names and colours (spec §2.9's
-dataset visualiser, without GUI windows)."""
+"""Headless PNG grids of images with their boxes, class names and colours (the
+platform's dataset visualiser, without GUI windows)."""
 
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from azaion_training.classes import load_classes
-from azaion_training.dataset.sources import IMAGE_SUFFIXES
-from azaion_training.dataset.split import SPLITS
 from azaion_training.errors import InputError
 from azaion_training.labels import LabelError, read_label_file
+from azaion_training.layout import SPLITS, image_files
 
 CELL = 320
 COLUMNS = 4
@@ -74,7 +73,7 @@ def visualise(target: Path, out: Path, classes_json: Path | None = None, limit: 
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for image_set in image_sets(target):
-        images = sorted(p for p in image_set.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+        images = image_files(image_set.images)[:limit]
         per_page = COLUMNS * ROWS
         for page in range(math.ceil(len(images) / per_page)):
             chunk = images[page * per_page:(page + 1) * per_page]

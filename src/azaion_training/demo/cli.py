@@ -43,11 +43,9 @@ def demo(
 
     from azaion_training.cli_support import settings
     from azaion_training.demo.pipeline import DemoOptions, run_demo
-    from azaion_training.offline import configure_offline_environment
+    from azaion_training.settings import TrainingSettings, overridden
 
-    if imgsz % 32:
-        raise InputError(f"--imgsz must be a multiple of 32 (the YOLO stride), got {imgsz}")
-    configure_offline_environment()
+    overridden(TrainingSettings(), imgsz=imgsz)  # the settings' image-size rule
     options = DemoOptions(workdir=demo_workdir(workdir), images=images, epochs=epochs, imgsz=imgsz,
                           batch=batch, video_frames=video_frames, seed=seed,
                           broker=settings() if broker else None)

@@ -128,7 +128,7 @@ def ingest_stream(settings: Settings, dump: Path, broker: bool) -> dict[str, Any
     """Apply the dump's entries: replayed through the consumer's handler, or published to the
     configured stream and consumed from it until idle."""
     if not broker:
-        from azaion_training.queue.handler import replay_dump
+        from azaion_training.queue.replay import replay_dump
 
         return asdict(replay_dump(settings, dump))
     from azaion_training.queue.consumer import consume
@@ -191,20 +191,38 @@ def _infer(settings: Settings, video: Path, workdir: Path, target: str):
     return run_inference(settings, video, MODEL_NAME, workdir / "inference", target=target, engine="onnx")
 
 
+def ingest_rows(stream, ingest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's ingest table. Every count is of stream messages except the `annotations`
+    column: a bulk message names many annotations. `ingest` is a dump replay's result or the
+    consumer's counts (--broker)."""
+    by_status = ingest.get("by_status") or {status: ingest.get(status.lower(), 0)
+                                            for status in ("Created", "Edited", "Validated", "Deleted")}
+    rejected = ingest["rejected"] if isinstance(ingest["rejected"], int) else sum(ingest["rejected"].values())
+    row = dict.fromkeys(("messages", "sent", "annotations", "applied", "skipped", "rejected"))
+    return [
+        {**row, "messages": "Created (one annotation and its image each)", "sent": stream.annotations,
+         "annotations": stream.annotations, "applied": by_status.get("Created", 0)},
+        {**row, "messages": "Validated (bulk: a list of names)", "sent": stream.validated_messages,
+         "annotations": stream.validated, "applied": by_status.get("Validated", 0)},
+        {**row, "messages": "Deleted (bulk: a list of names)", "sent": stream.deleted_messages,
+         "annotations": stream.deleted, "applied": by_status.get("Deleted", 0)},
+        {**row, "messages": "malformed (garbage, an unsafe name, a box off the image)", "sent": stream.malformed},
+        {**row, "messages": "all messages", "sent": stream.messages, "applied": ingest["applied"],
+         "skipped": ingest["skipped"], "rejected": rejected},
+    ]
+
+
 def _report(settings: Settings, trained, exported, stream, ingest, published, inference, timings,
             options: DemoOptions):
-    from azaion_training.demo.video import read_frames
-    from azaion_training.report.build import ReportInputs, build_report
+    from azaion_training.report.build import ReportInputs, annotated_frames, build_report
 
     summary = asdict(inference)
     parity = exported.parity
-    frames = read_frames(Path(summary["outputs"]["video"]), 6) if summary["outputs"].get("video") else []
     inputs = ReportInputs(
         run_dir=trained.run_dir, title="Azaion demo: annotations to an encrypted model on video",
-        ingest={**{f"sent: {k}": v for k, v in stream.as_dict().items()},
-                **{f"consumer: {k}": v for k, v in ingest.items()}},
+        ingest=ingest_rows(stream, ingest),
         publish={"manifest": published["manifest"], "fetch": published["fetch_check"]},
-        inference=summary, inference_frames=frames,
+        inference=summary, inference_frames=annotated_frames(summary),
         extra={"images generated": options.images, "imgsz": options.imgsz, "epochs": options.epochs,
                "ONNX parity (valid split mAP50)": f"PyTorch {parity.pytorch_map50:.3f}, ONNX {parity.onnx_map50:.3f} "
                                                   f"on {parity.images} images",

@@ -17,7 +17,7 @@ from azaion_training.queue.messages import (
     AnnotationBulkMessage,
     AnnotationMessage,
     AnnotationStatus,
-    Detection,
+    NormalizedDetection,
     Role,
     Source,
     amqp_bytes,
@@ -47,8 +47,10 @@ class StreamSummary:
     annotations: int = 0
     by_validators: int = 0
     by_operators: int = 0
-    validated: int = 0
-    deleted: int = 0
+    validated: int = 0  # annotations named in the Validated bulk messages
+    deleted: int = 0  # annotations named in the Deleted bulk messages
+    validated_messages: int = 0
+    deleted_messages: int = 0
     malformed: int = 0
     videos: int = 0
     per_mode: dict[str, int] = field(default_factory=dict)
@@ -75,7 +77,7 @@ def build_messages(plan: StreamPlan) -> tuple[list[bytes], StreamSummary]:
             created_date=START + timedelta(minutes=video, seconds=frame),
             name=name, original_media_name=f"flight-{video:03d}-{mode.name.lower()}.mp4",
             time=timedelta(milliseconds=500 * frame), image_extension=".jpg",
-            detections=[Detection(c, x, y, w, h) for c, x, y, w, h in scene.labels],
+            detections=[NormalizedDetection(c, x, y, w, h) for c, x, y, w, h in scene.labels],
             image=encode_jpeg(scene.image), created_role=Role.Operator if by_operator else Role.Validator,
             created_email="operator@demo.azaion" if by_operator else "validator@demo.azaion",
             source=Source.Manual, status=AnnotationStatus.Created)
@@ -92,6 +94,7 @@ def build_messages(plan: StreamPlan) -> tuple[list[bytes], StreamSummary]:
                                                   replace=False)]
     entries.append(encode_message(AnnotationBulkMessage(to_delete, AnnotationStatus.Deleted)))
     summary.validated, summary.deleted = len(to_validate), len(to_delete)
+    summary.validated_messages = summary.deleted_messages = 1
 
     bad = malformed_entries()
     entries.extend(bad)
@@ -103,7 +106,7 @@ def build_messages(plan: StreamPlan) -> tuple[list[bytes], StreamSummary]:
 def malformed_entries() -> list[bytes]:
     """What a real stream occasionally carries: garbage, a path-like name, a box off the image."""
     off_image = AnnotationMessage(START, "bad-box-0001", "flight-bad.mp4", timedelta(0), ".jpg",
-                                  [Detection(1, 1.7, 0.5, 0.2, 0.2)], None, Role.Validator,
+                                  [NormalizedDetection(1, 1.7, 0.5, 0.2, 0.2)], None, Role.Validator,
                                   "validator@demo.azaion", Source.Manual, AnnotationStatus.Created)
     return [
         amqp_bytes(AnnotationStatus.Created, b"\xc1 this is not msgpack"),

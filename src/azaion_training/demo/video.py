@@ -29,20 +29,3 @@ def render_flight(path: Path, rng: np.random.Generator, frame_size: int, classes
         writer.release()
     return path
 
-
-def read_frames(path: Path, count: int) -> list[np.ndarray]:
-    """`count` frames spread evenly over a video."""
-    import cv2
-
-    capture = cv2.VideoCapture(str(path))
-    try:
-        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or count
-        frames = []
-        for index in np.linspace(0, max(0, total - 1), count).astype(int):
-            capture.set(cv2.CAP_PROP_POS_FRAMES, int(index))
-            ok, frame = capture.read()
-            if ok:
-                frames.append(frame)
-        return frames
-    finally:
-        capture.release()

@@ -1,4 +1,4 @@
-"""Client of the Azaion REST API (spec §2.6, §4.1): JWT login, multipart upload of
+"""Client of the Azaion REST API (docs/encryption.md): JWT login, multipart upload of
 resources, and download of resources encrypted with this user's per-machine transport key.
 
 Login is lazy; a 401/403 triggers one re-login and one retry. Connection errors, timeouts

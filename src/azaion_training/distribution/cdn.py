@@ -1,4 +1,4 @@
-"""The S3-compatible CDN that holds the big model parts (spec §2.7, §4.2).
+"""The S3-compatible CDN that holds the big model parts (docs/encryption.md).
 
 Two boto3 clients against the same endpoint: one with the downloader (read-only) key pair,
 one with the uploader key pair. The credentials come from `cdn.yaml` (keys `host`,
@@ -11,7 +11,6 @@ returned False).
 
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import yaml
 from azaion_training.errors import ConfigError, OperationFailed
 from azaion_training.fsutil import atomic_writer
 from azaion_training.logs import get_logger, log, register_secret
+from azaion_training.progress import Progress
 
 logger = get_logger("distribution.cdn")
 
@@ -58,21 +58,6 @@ def parse_cdn_config(text: bytes | str, origin: str) -> CdnCredentials:
     return CdnCredentials(**values, bucket=str(data["bucket"]) if data.get("bucket") else None)
 
 
-class _Progress:
-    """boto3 transfer callback: a JSON log line every few seconds while bytes move."""
-
-    def __init__(self, what: str, total: int):
-        self.what, self.total, self.done = what, total, 0
-        self.last = time.monotonic()
-
-    def __call__(self, transferred: int) -> None:
-        self.done += transferred
-        now = time.monotonic()
-        if now - self.last >= PROGRESS_EVERY_S:
-            self.last = now
-            log(logger, logging.INFO, "CDN transfer in progress", what=self.what, bytes=self.done, total=self.total)
-
-
 class CdnManager:
     def __init__(self, credentials: CdnCredentials):
         import boto3
@@ -99,8 +84,8 @@ class CdnManager:
         """Upload a local file (multipart when big) with the uploader credentials."""
         size = os.path.getsize(source)
         try:
-            self._writer.upload_file(str(source), bucket, key, Config=self._transfer,
-                                     Callback=_Progress(f"upload s3://{bucket}/{key}", size))
+            with Progress(f"upload s3://{bucket}/{key} (bytes)", size, interval_s=PROGRESS_EVERY_S) as progress:
+                self._writer.upload_file(str(source), bucket, key, Config=self._transfer, Callback=progress)
         except Exception as exc:
             raise OperationFailed(f"CDN upload of s3://{bucket}/{key} to {self.host} failed: "
                                   f"{_describe(exc)}") from None
@@ -109,9 +94,9 @@ class CdnManager:
     def download_file(self, bucket: str, key: str, target: Path) -> None:
         """Download with the downloader credentials; `target` appears whole or not at all."""
         try:
-            with atomic_writer(target, mode=0o600) as handle:
-                self._reader.download_fileobj(bucket, key, handle, Config=self._transfer,
-                                              Callback=_Progress(f"download s3://{bucket}/{key}", 0))
+            with (atomic_writer(target, mode=0o600) as handle,
+                  Progress(f"download s3://{bucket}/{key} (bytes)", None, interval_s=PROGRESS_EVERY_S) as progress):
+                self._reader.download_fileobj(bucket, key, handle, Config=self._transfer, Callback=progress)
         except Exception as exc:
             raise OperationFailed(f"CDN download of s3://{bucket}/{key} from {self.host} failed: "
                                   f"{_describe(exc)}") from None

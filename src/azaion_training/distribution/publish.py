@@ -1,5 +1,5 @@
 """`azaion publish`: encrypt a model with the model key, split the ciphertext, send the big
-part to the CDN first, then the small part and the manifest to the API (design.md §3).
+part to the CDN first, then the small part and the manifest to the API (docs/encryption.md).
 
 If the CDN upload fails nothing reaches the API. The manifest (`<name>.manifest.json`:
 sizes and SHA-256 of the plaintext, the ciphertext and each part, bound to folder and name

@@ -125,5 +125,8 @@ def open_target(settings: Settings, target: str) -> Target:
     if target == "azaion":
         return AzaionTarget(settings)
     if target.startswith("local:") and len(target) > len("local:"):
-        return LocalTarget(Path(target.removeprefix("local:")))
+        directory = Path(target.removeprefix("local:"))
+        if directory.exists() and not directory.is_dir():
+            raise InputError(f"target {target}: {directory} is not a directory")
+        return LocalTarget(directory)
     raise InputError(f"unknown target {target!r}: use 'azaion' (Azaion API + CDN) or 'local:DIR'")

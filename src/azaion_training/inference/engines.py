@@ -10,6 +10,7 @@ x1,y1,x2,y2,score,class, and raw `(B, 4 + nc, anchors)` (cx,cy,w,h then class sc
 import ast
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -126,7 +127,7 @@ class OnnxEngine:
 
 
 def engine_filename_for(major: int, minor: int, sm_count: int) -> str:
-    """Spec §2.4: one TensorRT engine per GPU architecture and SM count."""
+    """One TensorRT engine per GPU architecture and SM count (an engine runs only on the GPU kind it was built for)."""
     return f"azaion.cc_{major}.{minor}_sm_{sm_count}.engine"
 
 
@@ -259,9 +260,9 @@ def tensorrt_from_onnx(onnx_bytes: bytes, cache_dir: Path, batch_size: int, devi
     max_batch = onnx_engine.batch_size if not onnx_engine.dynamic_batch else batch_size
     path = cache_dir / hashlib.sha256(onnx_bytes).hexdigest()[:16] / engine_filename(device_id)
     if path.is_file():
-        log(logger, 20, "reusing cached TensorRT engine", path=str(path))
+        log(logger, logging.INFO, "reusing cached TensorRT engine", path=str(path))
     else:
-        log(logger, 20, "building TensorRT engine (minutes, once per GPU)", path=str(path))
+        log(logger, logging.INFO, "building TensorRT engine (minutes, once per GPU)", path=str(path))
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, convert_from_onnx(onnx_bytes, max_batch, onnx_engine.input_shape))
     engine = TensorRTEngine(path.read_bytes(), batch_size=batch_size, class_names=onnx_engine.class_names,

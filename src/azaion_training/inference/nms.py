@@ -1,4 +1,4 @@
-"""The spec's overlap cleanup (§2.8): when two boxes overlap above the IoU threshold the
+"""The overlap cleanup of detections: when two boxes overlap above the IoU threshold the
 lower-confidence one goes; on equal confidence the lower class id stays.
 
 It compares boxes across classes (one object gets one box, whatever weather variant of a

@@ -5,12 +5,12 @@ Pre- and post-processing follow Ultralytics exactly, so our boxes are the boxes
 `YOLO(model.onnx).predict()` gives: LetterBox (centre padding with 114, its rounding; the
 smallest stride-multiple rectangle when the model's spatial axes are free), BGR->RGB, /255;
 boxes mapped back through the same padding and gain and clipped to the frame. Then the
-spec's overlap cleanup (nms.py) replaces Ultralytics' NMS.
+overlap cleanup of nms.py replaces Ultralytics' NMS.
 """
 
 import json
+import logging
 import queue
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,22 +23,25 @@ import numpy as np
 
 from azaion_training.errors import InputError, OperationFailed
 from azaion_training.fsutil import atomic_write_text
+from azaion_training.images import IMAGE_SUFFIXES
 from azaion_training.inference.engines import Engine
 from azaion_training.inference.nms import remove_overlaps
 from azaion_training.layout import Layout, is_safe_name
 from azaion_training.logs import get_logger, log
-from azaion_training.settings import Settings
+from azaion_training.progress import Progress
+from azaion_training.settings import Settings, overridden
 
 logger = get_logger("inference")
 
 MAX_DETECTIONS = 300  # per frame, as Ultralytics' max_det
 PAD_VALUE = 114
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 ENGINE_KINDS = ("auto", "onnx", "tensorrt")
 
 
 @dataclass(frozen=True)
-class Detection:
+class PixelDetection:
+    """What the model found in a frame: a pixel box (the queue's NormalizedDetection is the wire form)."""
+
     cls: int
     conf: float
     x1: float  # pixel box in the original frame
@@ -98,13 +101,13 @@ class Detector:
         self.conf = conf
         self.iou = iou
 
-    def detect(self, frames: list[np.ndarray]) -> list[list[Detection]]:
+    def detect(self, frames: list[np.ndarray]) -> list[list[PixelDetection]]:
         boxes = [letterbox_for(f.shape[:2], self.engine.input_shape, self.engine.dynamic_hw, self.engine.stride)
                  for f in frames]
         by_shape: dict[tuple[int, int], list[int]] = {}
         for i, box in enumerate(boxes):
             by_shape.setdefault(box.shape, []).append(i)
-        results: list[list[Detection]] = [[] for _ in frames]
+        results: list[list[PixelDetection]] = [[] for _ in frames]
         step = self.engine.batch_size
         for indices in by_shape.values():
             for start in range(0, len(indices), step):
@@ -126,7 +129,7 @@ class Detector:
         xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
         return xyxy, best[keep], scores[:, keep].argmax(axis=0)
 
-    def _detections(self, output: np.ndarray, box: Letterbox, frame_shape: tuple[int, int]) -> list[Detection]:
+    def _detections(self, output: np.ndarray, box: Letterbox, frame_shape: tuple[int, int]) -> list[PixelDetection]:
         xyxy, confs, classes = self._candidates(output)
         kept = remove_overlaps(xyxy, confs, classes, self.iou, max_kept=MAX_DETECTIONS)
         height, width = frame_shape
@@ -134,7 +137,7 @@ class Detector:
         pixels = xyxy[kept]
         pixels[:, [0, 2]] = ((pixels[:, [0, 2]] - box.left) / gain_x).clip(0, width)
         pixels[:, [1, 3]] = ((pixels[:, [1, 3]] - box.top) / gain_y).clip(0, height)
-        return [Detection(int(classes[k]), float(confs[k]), float(x1), float(y1), float(x2), float(y2),
+        return [PixelDetection(int(classes[k]), float(confs[k]), float(x1), float(y1), float(x2), float(y2),
                           (x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height)
                 for k, (x1, y1, x2, y2) in zip(kept, pixels.tolist(), strict=True)]
 
@@ -224,14 +227,14 @@ def is_image_source(source: Path) -> bool:
 # --- outputs -------------------------------------------------------------------------------------------------
 
 
-def detection_record(det: Detection, names: dict[int, str]) -> dict[str, Any]:
+def detection_record(det: PixelDetection, names: dict[int, str]) -> dict[str, Any]:
     return {"class_id": det.cls, "class_name": names.get(det.cls, f"Class-{det.cls}"), "conf": round(det.conf, 5),
             "box": {"cx": round(det.cx, 6), "cy": round(det.cy, 6), "w": round(det.w, 6), "h": round(det.h, 6)},
             "box_px": {"x1": round(det.x1, 2), "y1": round(det.y1, 2), "x2": round(det.x2, 2),
                        "y2": round(det.y2, 2)}}
 
 
-def frame_record(frame: Frame, detections: list[Detection], names: dict[int, str]) -> dict[str, Any]:
+def frame_record(frame: Frame, detections: list[PixelDetection], names: dict[int, str]) -> dict[str, Any]:
     record: dict[str, Any] = {"frame": frame.index, "time_s": None if frame.time_s is None else round(frame.time_s, 4)}
     if frame.name is not None:
         record["image"] = frame.name
@@ -245,7 +248,7 @@ class Annotator:
     def __init__(self, names: dict[int, str], colours: dict[int, tuple[int, int, int]]):
         self.names, self.colours = names, colours
 
-    def draw(self, image: np.ndarray, detections: list[Detection]) -> np.ndarray:
+    def draw(self, image: np.ndarray, detections: list[PixelDetection]) -> np.ndarray:
         import cv2
 
         thickness = max(1, round(min(image.shape[:2]) / 360))
@@ -255,36 +258,18 @@ class Annotator:
             top_left, bottom_right = (round(det.x1), round(det.y1)), (round(det.x2), round(det.y2))
             cv2.rectangle(image, top_left, bottom_right, colour, thickness)
             label = f"{self.names.get(det.cls, det.cls)} {det.conf:.2f}"
-            cv2.putText(image, label, (top_left[0], max(top_left[1] - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                        colour, max(1, thickness - 1), cv2.LINE_AA)
+            (text_w, text_h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, thickness - 1))
+            cv2.putText(image, label, label_origin(top_left, (text_w, text_h), image.shape), cv2.FONT_HERSHEY_SIMPLEX,
+                        scale, colour, max(1, thickness - 1), cv2.LINE_AA)
         return image
 
 
-class Progress:
-    """A rich bar on a terminal, a JSON progress log line every few seconds otherwise."""
-
-    def __init__(self, total: int | None, what: str, interval_s: float = 5.0):
-        self.total, self.what, self.interval_s = total, what, interval_s
-        self.done, self._last_log = 0, time.monotonic()
-        self._bar = None
-        if sys.stdout.isatty():
-            from rich.progress import Progress as RichProgress
-
-            self._bar = RichProgress(transient=True)
-            self._task = self._bar.add_task(what, total=total)
-            self._bar.start()
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        if self._bar is not None:
-            self._bar.update(self._task, completed=self.done)
-        elif time.monotonic() - self._last_log >= self.interval_s:
-            self._last_log = time.monotonic()
-            log(logger, 20, f"{self.what}: progress", done=self.done, total=self.total)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+def label_origin(top_left: tuple[int, int], text_size: tuple[int, int], shape: tuple[int, ...]) -> tuple[int, int]:
+    """Where a box's label starts (text baseline, left): above the box, or inside it below its
+    top edge when there is no room above, and always whole inside the image."""
+    (x, y), (text_w, text_h), (height, width) = top_left, text_size, shape[:2]
+    baseline = y - 3 if y - 3 - text_h >= 0 else y + text_h + 3
+    return max(0, min(x, width - text_w)), max(text_h, min(baseline, height - 2))
 
 
 # --- the runner ----------------------------------------------------------------------------------------------
@@ -319,7 +304,7 @@ class _Run:
     counts: Counter = field(default_factory=Counter)
     processed: int = 0
 
-    def record(self, frames: list[Frame]) -> list[list[Detection]]:
+    def record(self, frames: list[Frame]) -> list[list[PixelDetection]]:
         results = self.detector.detect([f.image for f in frames])
         names = self.detector.engine.class_names
         for frame, detections in zip(frames, results, strict=True):
@@ -394,16 +379,15 @@ def _run_video(run: _Run, source: Path, every: int, batch: int, out: Path, write
             raise OperationFailed(f"cannot write {outputs['video']} (OpenCV has no mp4v encoder here?); "
                                   "run with --no-video")
     expected = -(-video.frame_count // every) if video.frame_count else None
-    progress = Progress(expected, f"infer {source.name}")
     try:
-        for frames in _batches(iter(video), batch):
-            results = run.record(frames)
-            if writer is not None:
-                for frame, detections in zip(frames, results, strict=True):
-                    writer.write(run.annotator.draw(frame.image, detections))
-            progress.advance(len(frames))
+        with Progress(f"infer {source.name}", expected) as progress:
+            for frames in _batches(iter(video), batch):
+                results = run.record(frames)
+                if writer is not None:
+                    for frame, detections in zip(frames, results, strict=True):
+                        writer.write(run.annotator.draw(frame.image, detections))
+                progress.advance(len(frames))
     finally:
-        progress.close()
         if writer is not None:
             writer.release()
     return {"frames_total": video.frames_read, "outputs": outputs, "unreadable": []}
@@ -415,7 +399,7 @@ def _read_images(files: list[Path], unreadable: list[str]) -> Iterator[Frame]:
     for index, path in enumerate(files):
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
-            log(logger, 30, "unreadable image skipped", image=str(path))
+            log(logger, logging.WARNING, "unreadable image skipped", image=str(path))
             unreadable.append(str(path))
             continue
         yield Frame(index, image, name=path.name)
@@ -429,16 +413,13 @@ def _run_images(run: _Run, source: Path, batch: int, out: Path, write_images: bo
     if write_images:
         images_dir.mkdir(parents=True, exist_ok=True)
     unreadable: list[str] = []
-    progress = Progress(len(files), f"infer {source.name}")
-    try:
+    with Progress(f"infer {source.name}", len(files)) as progress:
         for frames in _batches(_read_images(files, unreadable), batch):
             results = run.record(frames)
             if write_images:
                 for frame, detections in zip(frames, results, strict=True):
                     cv2.imwrite(str(images_dir / frame.name), run.annotator.draw(frame.image, detections))
             progress.advance(len(frames))
-    finally:
-        progress.close()
     if not source.is_dir() and unreadable:
         raise InputError(f"cannot read image {source}: not an image OpenCV can decode")
     return {"frames_total": len(files), "outputs": {"images": str(images_dir)} if write_images else {},
@@ -451,17 +432,8 @@ def run_inference(settings: Settings, source: Path, model: str | Path, out: Path
                   no_manifest: bool = False) -> InferenceSummary:
     """Detect on a video (every `every`-th frame), an image or a directory of images; write
     detections.jsonl, an annotated MP4 (or annotated images) and summary.json under `out`."""
-    defaults = settings.inference
-    every = defaults.every if every is None else every
-    batch = defaults.batch if batch is None else batch
-    conf = defaults.conf if conf is None else conf
-    iou = defaults.iou if iou is None else iou
-    for name, value, low in (("every", every, 1), ("batch", batch, 1)):
-        if value < low:
-            raise InputError(f"--{name} must be at least {low}, got {value}")
-    for name, value in (("conf", conf), ("iou", iou)):
-        if not 0 <= value <= 1:
-            raise InputError(f"--{name} must be between 0 and 1, got {value}")
+    cfg = overridden(settings.inference, every=every, batch=batch, conf=conf, iou=iou)
+    every, batch, conf, iou = cfg.every, cfg.batch, cfg.conf, cfg.iou
     source = Path(source)
     if not source.exists():
         raise InputError(f"source {source} does not exist: pass a video file, an image, or a directory of images")
@@ -488,6 +460,6 @@ def run_inference(settings: Settings, source: Path, model: str | Path, out: Path
         outputs={"detections": str(jsonl_path), **result["outputs"], "summary": str(out / "summary.json")},
         unreadable=result["unreadable"])
     atomic_write_text(out / "summary.json", json.dumps(asdict(summary), indent=2, ensure_ascii=False) + "\n")
-    log(logger, 20, "inference done", frames=summary.frames_processed, detections=summary.detections,
+    log(logger, logging.INFO, "inference done", frames=summary.frames_processed, detections=summary.detections,
         fps=summary.fps, out=str(out))
     return summary

@@ -10,27 +10,24 @@ nothing is pending on the stream).
 import asyncio
 import shutil
 import socket
-import subprocess
+import subprocess  # nosec B404 # one fixed argv (nvidia-smi), no shell
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from azaion_training.errors import ConfigError
-from azaion_training.fsutil import atomic_write_text
 from azaion_training.layout import Layout
-from azaion_training.queue.handler import read_offset_record
-from azaion_training.settings import Settings, load_settings
+from azaion_training.queue.offsets import read_offset_record, write_offset_record
+from azaion_training.settings import Settings, load_settings, overridden
 
 Status = Literal["ok", "warn", "fail", "n/a"]
 CHECK_NAMES = ("config", "broker", "disk", "gpu", "progress")
 PREVIOUS_READING_FILE = "health-offset.yaml"  # in queue-state/, next to offset.yaml
 PENDING_PROBE_S = 3.0
-MIN_TRAINING_VRAM_MIB = 24 * 1024  # spec §7.6: training needs >= 24 GB of GPU memory
+MIN_TRAINING_VRAM_MIB = 24 * 1024  # training needs >= 24 GB of GPU memory (the training host's stated minimum)
 
 
 @dataclass
@@ -44,10 +41,11 @@ class CheckResult:
 @dataclass
 class HealthOptions:
     checks: tuple[str, ...] = CHECK_NAMES
-    disk_warn_pct: float = 80.0
-    disk_fail_pct: float = 95.0
-    offset_max_age_min: float = 30.0
-    broker_timeout_s: float = 3.0
+    # Thresholds: None takes the setting (settings.health, the HEALTH_* variables).
+    disk_warn_pct: float | None = None
+    disk_fail_pct: float | None = None
+    offset_max_age_min: float | None = None
+    broker_timeout_s: float | None = None
 
 
 @dataclass
@@ -73,6 +71,8 @@ def run_health(config: Path | None, options: HealthOptions) -> HealthReport:
         results += [CheckResult(name, "n/a", "not checked: the settings could not be loaded")
                     for name in options.checks if name != "config"]
         return HealthReport(checked_at.isoformat(timespec="seconds"), results)
+    thresholds = overridden(settings.health, **{k: v for k, v in asdict(options).items() if k != "checks"})
+    options = replace(options, **thresholds.model_dump())
     checks: dict[str, Callable[[], CheckResult]] = {
         "config": lambda: CheckResult("config", "ok", f"settings valid ({config or 'environment and defaults'})"),
         "broker": lambda: check_broker(settings, options.broker_timeout_s),
@@ -139,7 +139,7 @@ def check_gpu(device: str) -> CheckResult:
                                "installed: install the NVIDIA driver or set TRAINING_DEVICE=cpu", data)
         return CheckResult("gpu", "n/a", "no GPU expected (TRAINING_DEVICE is not a GPU index) and none found", data)
     try:
-        result = subprocess.run([smi, "--query-gpu=index,name,memory.total,memory.used",
+        result = subprocess.run([smi, "--query-gpu=index,name,memory.total,memory.used",  # nosec B603
                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as exc:
         result = subprocess.CompletedProcess([smi], 1, "", str(exc))
@@ -176,8 +176,7 @@ def check_progress(settings: Settings, options: HealthOptions, now: datetime) ->
     previous_file = layout.queue_state / PREVIOUS_READING_FILE
     previous = read_offset_record(previous_file)
     if current is not None and layout.queue_state.is_dir():
-        atomic_write_text(previous_file, yaml.safe_dump(
-            {"stream": current.stream, "offset": current.offset, "updated_at": now.isoformat()}, sort_keys=False))
+        write_offset_record(previous_file, current.stream, current.offset, now)
     committed = current.offset if current else None
     data: dict[str, Any] = {"stream": stream, "offset": committed,
                             "previous_offset": previous.offset if previous else None}
@@ -213,7 +212,9 @@ def pending_after(settings: Settings, committed: int | None) -> bool | None:
 
 
 async def _probe_stream(settings: Settings, committed: int | None) -> bool:
-    from rstream import Consumer, ConsumerOffsetSpecification, OffsetType
+    from rstream import ConsumerOffsetSpecification, OffsetType
+
+    from azaion_training.queue.broker import stream_consumer
 
     rabbit = settings.rabbitmq
     found = asyncio.Event()
@@ -223,8 +224,7 @@ async def _probe_stream(settings: Settings, committed: int | None) -> bool:
         if context.offset >= start:  # a chunk may begin before the requested offset
             found.set()
 
-    consumer = Consumer(host=rabbit.host, port=rabbit.port, username=rabbit.user,
-                        password=rabbit.password.get_secret_value())
+    consumer = stream_consumer(rabbit, "azaion-health")
     try:
         await consumer.start()
         if not await consumer.stream_exists(rabbit.queue_name):

@@ -17,7 +17,8 @@ FROM_HELP = "first | last | next | offset:N (default: resume after the committed
 def consume_command(
     start: str = typer.Option("", "--from", help=FROM_HELP),
     exit_when_idle: float | None = typer.Option(None, "--exit-when-idle", min=0,
-                                                help="Exit 0 after this many seconds without a new message."),
+                                                help="Exit 0 once nothing was delivered, queued or in hand "
+                                                "for this many seconds."),
     create_stream: bool = typer.Option(False, "--create-stream", help="Create the stream when it does not exist."),
 ) -> None:
     """Mirror the annotation stream onto the data tree until SIGTERM/SIGINT."""
@@ -33,7 +34,7 @@ def replay_command(file: Path = typer.Argument(..., help="A dump file (from `aza
     """Apply a dump file through the consumer's handler (no broker needed)."""
     from dataclasses import asdict
 
-    from azaion_training.queue.handler import replay_dump
+    from azaion_training.queue.replay import replay_dump
 
     print_json(asdict(replay_dump(settings(), file)))
 
@@ -61,8 +62,19 @@ def publish_sample_command(
     seed: int = typer.Option(0, "--seed", help="Random seed (also part of the annotation names)."),
 ) -> None:
     """Publish Azaion-format sample messages (synthetic scenes; one Validated for the operator ones)."""
+    import numpy as np
+
+    from azaion_training.classes import WeatherMode
+    from azaion_training.demo.scenes import encode_jpeg, render_scene  # cv2: a development command only
+    from azaion_training.queue.messages import NormalizedDetection
     from azaion_training.queue.streamio import publish, sample_messages, to_amqp
 
-    messages = sample_messages(count, size, seed)
+    rng, modes = np.random.default_rng(seed), list(WeatherMode)
+
+    def scene(i: int) -> tuple[bytes, list[NormalizedDetection]]:
+        rendered = render_scene(rng, size, modes[i % len(modes)])
+        return encode_jpeg(rendered.image), [NormalizedDetection(*label) for label in rendered.labels]
+
+    messages = sample_messages(count, scene, seed)
     sent = publish(settings().rabbitmq, [to_amqp(message) for message in messages])
     console.print(f"published {sent} messages to {settings().rabbitmq.queue_name!r}")

@@ -4,9 +4,11 @@ One session = connect, wait for the stream, subscribe at the resume position, ap
 as they arrive, until a signal, an idle timeout or a lost connection. rstream's callback only
 queues each message for the `Applier`, a thread that applies them in order and group-commits
 them, so the socket is read while earlier messages are decoded and written (both mostly wait on
-the kernel, which releases the GIL). Lost connections and local failures end the session; the
-next one starts after a capped exponential backoff from the last committed offset, so nothing
-is skipped. rstream's own recovery is off: it would resubscribe after the last *delivered*
+the kernel, which releases the GIL). Lost connections, local failures and a message that
+trips the handler end the session; the next one starts after a capped exponential backoff
+from the last committed offset, so nothing is skipped (the handler quarantines a message at
+its third failed attempt). Under systemd it speaks sd_notify, with a watchdog (`_watchdog`).
+rstream's own recovery is off: it would resubscribe after the last *delivered*
 chunk, not the last *applied* message.
 """
 
@@ -21,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rstream import Consumer, ConsumerOffsetSpecification, MessageContext, OffsetType
-from rstream import connection as rstream_connection
 from rstream import exceptions as rstream_errors
 from rstream.recovery import BackOffRecoveryStrategy
 
@@ -29,9 +30,20 @@ from azaion_training.errors import ConfigError, InputError
 from azaion_training.layout import Layout
 from azaion_training.locks import InstanceLock
 from azaion_training.logs import get_logger, log
-from azaion_training.queue.handler import COMMIT_EVERY, AnnotationHandler, IngestCounts, ProgressLog, committed_offset
-from azaion_training.queue.messages import Limits
-from azaion_training.settings import Settings, require_secret
+from azaion_training.ops.sd_notify import Notifier, watchdog_timeout_s
+from azaion_training.queue.broker import stream_consumer
+from azaion_training.queue.handler import (
+    COMMIT_EVERY,
+    LOCAL_FAILURES,
+    MAX_ATTEMPTS,
+    AnnotationHandler,
+    IngestCounts,
+    MessageFailed,
+)
+from azaion_training.queue.messages import Limits, capped
+from azaion_training.queue.offsets import committed_offset
+from azaion_training.queue.progress import ProgressLog
+from azaion_training.settings import Settings
 
 logger = get_logger("queue")
 GROUP_WINDOW_S = 0.5  # the longest an applied message waits for its group commit
@@ -40,9 +52,6 @@ INBOX_DEPTH = 64  # messages delivered but not yet applied (bounds the memory th
 INBOX_FULL_WAIT_S = 0.005
 STREAM_POLL_S = 2.0
 CLOSE_TIMEOUT_S = 2.0
-# rstream reads the socket 256 bytes at a time: a 300 KB annotation costs >1000 Python-level
-# reads. 1 MiB reads make consuming several times faster (process-wide; producers benefit too).
-rstream_connection.CHUNK_SIZE = max(rstream_connection.CHUNK_SIZE, 1 << 20)
 AUTH_ERRORS = (rstream_errors.AuthenticationFailure, rstream_errors.SASLAuthenticationFailureLoopback,
                rstream_errors.VirtualHostAccessFailure, rstream_errors.AccessRefused)
 
@@ -92,7 +101,8 @@ class Applier:
         self.progress = progress
         self.on_commit = on_commit
         self.failure: str | None = None
-        self.last_activity = time.monotonic()
+        self.last_activity = time.monotonic()  # when a message was last offered or finished
+        self.busy_since: float | None = None  # when the message or commit in hand was taken up
         self._stopping = False  # a plain flag: also set from a signal handler
         self._inbox: queue.Queue[tuple[int, bytes, int]] = queue.Queue(INBOX_DEPTH)
         self._thread = threading.Thread(target=self._run, name="azaion-applier", daemon=True)
@@ -102,12 +112,24 @@ class Applier:
     def running(self) -> bool:
         return not self._stopping and self.failure is None
 
+    def idle_for(self) -> float:
+        """Seconds with nothing queued, nothing in hand and nothing offered; 0 while busy."""
+        if self.busy_since is not None or not self._inbox.empty():
+            return 0.0
+        return time.monotonic() - self.last_activity
+
+    def healthy(self, stuck_after_s: float) -> bool:
+        """Alive and not stuck: no message or commit in hand for longer than `stuck_after_s`."""
+        busy_since = self.busy_since
+        return self._thread.is_alive() and (busy_since is None or time.monotonic() - busy_since <= stuck_after_s)
+
     def offer(self, offset: int, data: bytes, timestamp_ms: int) -> bool:
         """Queue a message; False when the inbox is full (offer it again a moment later)."""
         try:
             self._inbox.put_nowait((offset, data, timestamp_ms))
         except queue.Full:
             return False
+        self.last_activity = time.monotonic()
         return True
 
     def request_stop(self) -> None:
@@ -146,26 +168,36 @@ class Applier:
             self.progress.maybe_log()
 
     def _apply(self, offset: int, data: bytes, timestamp_ms: int) -> None:
+        self.busy_since = time.monotonic()
         try:
             self.handler.handle(offset, data, timestamp_ms)
-        except Exception as exc:  # this machine failed (disk, permissions): retry from the last commit
-            log(logger, logging.ERROR, "could not apply a message; will retry from the last committed offset",
-                offset=offset, error=f"{type(exc).__name__}: {exc}"[:300])
+        except LOCAL_FAILURES as exc:  # this machine failed (disk, permissions, I/O): nothing is skipped
+            log(logger, logging.ERROR, "could not apply a message (a local failure: disk, permissions or I/O); "
+                "will retry from the last committed offset", offset=offset,
+                error=capped(f"{type(exc).__name__}: {exc}"))
             self.failure = f"local failure at offset {offset}"
-            return
-        self.last_activity = time.monotonic()
+        except MessageFailed as exc:  # this message trips a fault: retried, quarantined at the last attempt
+            log(logger, logging.WARNING, f"applying a message failed; will retry it from the last committed offset "
+                f"(quarantined after {MAX_ATTEMPTS} attempts)", offset=offset, attempt=exc.attempt, error=exc.error)
+            self.failure = f"message at offset {offset} failed (attempt {exc.attempt} of {MAX_ATTEMPTS})"
+        finally:
+            self.last_activity = time.monotonic()
+            self.busy_since = None
 
     def _commit(self) -> None:
         """Commit the fully applied messages; after a failed commit, drop the group (its files
         converge when the messages are applied again)."""
+        self.busy_since = time.monotonic()
         try:
             committed = self.handler.commit()
         except Exception as exc:
             self.handler.abandon()
             log(logger, logging.ERROR, "commit failed; will retry from the last committed offset",
-                error=f"{type(exc).__name__}: {exc}"[:300])
-            self.failure = self.failure or f"commit failed: {type(exc).__name__}: {exc}"
+                error=capped(f"{type(exc).__name__}: {exc}"))
+            self.failure = self.failure or f"commit failed: {type(exc).__name__}"
             return
+        finally:
+            self.busy_since = None
         if committed is not None:
             self.on_commit(committed)
 
@@ -190,11 +222,26 @@ class StreamConsumer:
         self._applier: Applier | None = None  # the session's
         self._delivered: int | None = None  # messages at or below this offset are duplicates
         self._lost: str | None = None
+        self.notifier = Notifier.from_environment()
+        # systemd's WatchdogSec=: pinged at half of it while healthy; a message (or a group
+        # commit) in hand for longer than it counts as stuck, and the pings stop
+        self.watchdog_s = watchdog_timeout_s() if self.notifier.enabled else None
 
     # ------------------------------------------------------------ top level
 
     async def run(self) -> ConsumeResult:
         self._install_signal_handlers()
+        watchdog = asyncio.create_task(self._watchdog(self.watchdog_s)) if self.watchdog_s else None
+        try:
+            await self._sessions()
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+        self.handler.close()
+        self.progress.maybe_log(force=True)
+        return ConsumeResult(self.handler.counts, self.committed, self.stopped_by)
+
+    async def _sessions(self) -> None:
         attempt = 0
         while not self.stop_requested:
             try:
@@ -210,17 +257,25 @@ class StreamConsumer:
                     break
                 attempt += 1
                 delay = min(self.rabbit.reconnect_max_s, 0.5 * 2 ** (attempt - 1))
-                log(logger, logging.WARNING, "stream connection lost or unavailable; reconnecting",
+                log(logger, logging.WARNING, "session ended (connection lost, broker unavailable or a failure "
+                    "applying); reconnecting",
                     attempt=attempt, retry_in_s=delay, error=f"{type(exc).__name__}: {exc}"[:300],
                     host=self.rabbit.host, port=self.rabbit.port, resume_after=self.committed)
                 await self._sleep(delay)
-        self.handler.close()
-        self.progress.maybe_log(force=True)
-        return ConsumeResult(self.handler.counts, self.committed, self.stopped_by)
+
+    async def _watchdog(self, timeout_s: float) -> None:
+        """WATCHDOG=1 every timeout_s / 2 while the event loop runs and the applier (when a session
+        has one) is alive and not stuck; a blocked loop or a wedged applier stops the pings."""
+        while True:
+            applier = self._applier
+            if applier is None or applier.healthy(timeout_s):
+                self.notifier.watchdog()
+            await asyncio.sleep(timeout_s / 2)
 
     def _install_signal_handlers(self) -> None:
         def request_stop(signum, _frame) -> None:
             self.stop_requested = True
+            self.notifier.stopping()
             if self._applier is not None:
                 self._applier.request_stop()  # the message being applied is the last one
             log(logger, logging.INFO, "stop requested; finishing the current message",
@@ -238,10 +293,8 @@ class StreamConsumer:
 
     async def _session(self) -> None:
         self._lost = None
-        consumer = Consumer(self.rabbit.host, self.rabbit.port, username=self.rabbit.user,
-                            password=require_secret(self.rabbit.password, "RABBITMQ_PASSWORD"),
-                            frame_max=8 * 1024 * 1024, recovery_strategy=BackOffRecoveryStrategy(False),
-                            on_close_handler=self._on_connection_closed, connection_name="azaion-consumer")
+        consumer = stream_consumer(self.rabbit, "azaion-consumer", recovery_strategy=BackOffRecoveryStrategy(False),
+                                   on_close_handler=self._on_connection_closed)
         try:
             await asyncio.wait_for(consumer.start(), 15)
             if not await self._wait_for_stream(consumer):
@@ -251,6 +304,7 @@ class StreamConsumer:
             self._applier = Applier(self.handler, self.progress, self._on_commit)
             await consumer.subscribe(self.stream, self._on_message, offset_specification=offset_spec,
                                      subscriber_name=self.rabbit.consumer_name, initial_credit=8)
+            self.notifier.ready()
             log(logger, logging.INFO, "consuming", stream=self.stream, host=self.rabbit.host,
                 port=self.rabbit.port, start=offset_spec.offset_type.name, offset=offset_spec.offset)
             await self._pump(consumer, self._applier)
@@ -269,8 +323,8 @@ class StreamConsumer:
             await self._store_offset(consumer)
             if self._lost or applier.failure:
                 raise SessionEnded(self._lost or applier.failure)
-            if self.exit_when_idle is not None and time.monotonic() - applier.last_activity >= self.exit_when_idle:
-                log(logger, logging.INFO, "no new message; exiting", idle_s=self.exit_when_idle)
+            if self.exit_when_idle is not None and applier.idle_for() >= self.exit_when_idle:
+                log(logger, logging.INFO, "nothing delivered and nothing pending; exiting", idle_s=self.exit_when_idle)
                 self.stopped_by = "idle"
                 self.stop_requested = True
 

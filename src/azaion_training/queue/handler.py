@@ -1,4 +1,4 @@
-"""Apply stream messages to the data tree (design.md §3, Routing and Offsets).
+"""Apply stream messages to the data tree (docs/wire-format.md, Routing; docs/data-tree.md).
 
 Every message is applied idempotently: each annotation's index row remembers the offset that
 last changed it, so a message seen again (at-least-once delivery, a replay) is skipped, and
@@ -6,44 +6,55 @@ every file operation converges (write-then-rename, rename-over) so re-applying a
 effects were cut short by a crash finishes it. Writes are batched: files are renamed into
 place at once (never visible half-written) and made durable together in `commit()`, which
 then commits the index and only then records the offset (group commit).
+
+Failures: bad input is quarantined at once (`MessageRejected`). A local failure (`OSError`,
+SQLite errors: disk full, permissions, I/O) is raised: the caller retries from the last commit
+and nothing is skipped. Any other exception while applying one message is a fault of that
+message: `MessageFailed` is raised for the first MAX_ATTEMPTS - 1 attempts at its offset, and
+the last attempt quarantines it with reason `internal-error`.
 """
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
-import time
+import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
-
 from azaion_training.annotation_index import AnnotationIndex, IndexEntry
-from azaion_training.fsutil import TEMP_PREFIX, atomic_write_text, fsync_dir, remove_stale_temp_files
+from azaion_training.fsutil import TEMP_PREFIX, make_durable, remove_stale_temp_files
+from azaion_training.images import IMAGE_SUFFIXES
 from azaion_training.layout import Area, Layout
 from azaion_training.logs import get_logger, log
-from azaion_training.queue.dumpfile import iter_dump
 from azaion_training.queue.messages import (
-    IMAGE_EXTENSIONS,
     AnnotationBulkMessage,
     AnnotationMessage,
     AnnotationStatus,
     Limits,
     MessageRejected,
+    capped,
     decode,
 )
-from azaion_training.settings import Settings
+from azaion_training.queue.offsets import now_iso, write_offset_record
 
 logger = get_logger("queue")
 COMMIT_EVERY = 256  # messages per group commit (the consumer also commits on a timer)
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if os.name == "posix" else None
+MAX_ATTEMPTS = 3  # attempts at one message that fails in the handler before it is quarantined
+LOCAL_FAILURES = (OSError, sqlite3.Error)  # this machine's disk, permissions, I/O: retried, never skipped
+NAMES_SHOWN = 5  # names a bulk's summary line shows
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+class MessageFailed(Exception):
+    """Applying the message at `offset` raised an unexpected exception (attempt `attempt` of
+    MAX_ATTEMPTS): retry it from the last commit; the last attempt quarantines it instead."""
+
+    def __init__(self, offset: int, attempt: int, error: str):
+        super().__init__(f"offset {offset}, attempt {attempt} of {MAX_ATTEMPTS}: {error}")
+        self.offset = offset
+        self.attempt = attempt
+        self.error = error
 
 
 @dataclass
@@ -64,24 +75,6 @@ class IngestCounts:
                 "last_offset": self.last_offset}
 
 
-@dataclass
-class ReplayResult:
-    records: int
-    applied: int
-    skipped: int
-    rejected: dict[str, int]
-    created: int
-    edited: int
-    validated: int
-    deleted: int
-
-    @classmethod
-    def from_counts(cls, records: int, counts: IngestCounts) -> "ReplayResult":
-        by = counts.by_status
-        return cls(records, counts.applied, counts.skipped, dict(counts.rejected), by["Created"], by["Edited"],
-                   by["Validated"], by["Deleted"])
-
-
 class AnnotationHandler:
     """Applies stream entries to the tree under one open index transaction per batch."""
 
@@ -96,7 +89,9 @@ class AnnotationHandler:
         self._last_time: str | None = None
         self._touched: set[Path] = set()
         self._dirs: set[Path] = set()
+        self._failing: tuple[int, int] = (-1, 0)  # (offset, failed attempts) of the last failing message
         self._areas = {"data": layout.data, "seed": layout.seed, "deleted": layout.deleted}
+        self._label_dirs = {name: str(area.labels) for name, area in self._areas.items()}
         layout.init()
         for directory in self._work_dirs():
             remove_stale_temp_files(directory)
@@ -113,20 +108,33 @@ class AnnotationHandler:
     # ------------------------------------------------------------ one message
 
     def handle(self, offset: int, data: bytes, timestamp_ms: int = 0) -> str:
-        """Apply one stream entry; returns 'applied', 'skipped' or 'rejected'. Raises only for
-        failures of this machine (disk full, permissions): the caller retries from the last commit."""
-        if not self.index.db.in_transaction:
+        """Apply one stream entry; returns 'applied', 'skipped' or 'rejected'. Raises LOCAL_FAILURES
+        (retry from the last commit) and MessageFailed (see the module's docstring)."""
+        if not self.index.in_transaction:
             self.index.begin()
         try:
             message = self._decode(data)
             outcome = self._apply(message, offset)
         except MessageRejected as exc:
             outcome = self._quarantine(offset, data, exc, timestamp_ms)
+        except LOCAL_FAILURES:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a fault of this one message (a bug its content trips)
+            outcome = self._message_failed(offset, data, exc, timestamp_ms)
         self.counts.last_offset = self._last_handled = offset
-        self._last_time = (datetime.fromtimestamp(timestamp_ms / 1000, UTC).isoformat(timespec="milliseconds")
-                           if timestamp_ms else now_iso())
+        self._last_time = _broker_time(timestamp_ms)
         self.pending += 1
         return outcome
+
+    def _message_failed(self, offset: int, data: bytes, exc: Exception, timestamp_ms: int) -> str:
+        error = capped(f"{type(exc).__name__}: {exc}")
+        attempt = self._failing[1] + 1 if self._failing[0] == offset else 1
+        self._failing = (offset, attempt)
+        if attempt < MAX_ATTEMPTS:
+            raise MessageFailed(offset, attempt, error) from exc
+        self._failing = (-1, 0)
+        return self._quarantine(offset, data, MessageRejected("internal-error", error), timestamp_ms,
+                                level=logging.ERROR)
 
     def _decode(self, data: bytes) -> AnnotationMessage | AnnotationBulkMessage:
         try:
@@ -140,8 +148,7 @@ class AnnotationHandler:
         if isinstance(message, AnnotationMessage):
             applied = self._save_annotation(message, offset)
         else:
-            results = [self._move_name(name, message.status, offset) for name in message.annotation_names]
-            applied = any(results) or not results
+            applied = self._apply_bulk(message, offset)
         if not applied:
             self.counts.skipped += 1
             return "skipped"
@@ -180,21 +187,35 @@ class AnnotationHandler:
             status=int(message.status), stream_offset=offset, updated_at=now_iso()))
         return True
 
-    def _move_name(self, name: str, status: AnnotationStatus, offset: int) -> bool:
-        """Validated: seed -> data. Deleted: data/seed -> deleted. Absent names are a logged no-op."""
-        entry = self.index.get(name)
-        if entry is not None and entry.stream_offset >= offset:
-            return False
-        extensions = probe_extensions(entry)
+    def _apply_bulk(self, message: AnnotationBulkMessage, offset: int) -> bool:
+        """Validated: seed -> data. Deleted: data/seed -> deleted. One index query per batch of
+        names; absent names are a no-op, summed up in one log line."""
+        names = list(dict.fromkeys(message.annotation_names))
+        entries = self.index.get_many(names)
+        status = message.status
         target_name = "data" if status is AnnotationStatus.Validated else "deleted"
+        moved: list[str] = []
+        missing: list[str] = []
+        for name in names:
+            entry = entries.get(name)
+            if entry is not None and entry.stream_offset >= offset:
+                continue  # applied before (a duplicate or a replay)
+            (moved if self._move_name(name, entry, status, target_name) else missing).append(name)
+        self.index.set_areas(moved, target_name, int(status), offset, now_iso())
+        if missing:
+            log(logger, logging.INFO, f"{status.name}: {len(missing)} of {len(names)} annotations not found, "
+                "nothing to do for them", offset=offset, not_found=len(missing), first=missing[:NAMES_SHOWN])
+        return bool(moved) or not names
+
+    def _move_name(self, name: str, entry: IndexEntry | None, status: AnnotationStatus, target_name: str) -> bool:
         target = self._areas[target_name]
         sources = ["seed"] if status is AnnotationStatus.Validated else ["data", "seed"]
+        if entry is None and not any(os.path.exists(f"{self._label_dirs[area]}/{name}.txt")
+                                     for area in (*sources, target_name)):
+            return False  # unknown to the index and no label anywhere (one stat per area, not one per extension)
+        extensions = probe_extensions(entry)
         moved = [source for source in sources if self._move_files(self._areas[source], target, name, extensions)]
-        if not moved and not (self._images(target, name, extensions) or target.label_path(name).exists()):
-            log(logger, logging.INFO, f"{status.name}: annotation not found, nothing to do", name=name, offset=offset)
-            return False
-        self.index.set_area(name, target_name, int(status), offset, now_iso())
-        return True
+        return bool(moved) or bool(self._images(target, name, extensions) or target.label_path(name).exists())
 
     # ------------------------------------------------------------ files
 
@@ -238,7 +259,8 @@ class AnnotationHandler:
         self._touched.add(path)
         self._dirs.add(path.parent)
 
-    def _quarantine(self, offset: int, data: bytes, exc: MessageRejected, timestamp_ms: int) -> str:
+    def _quarantine(self, offset: int, data: bytes, exc: MessageRejected, timestamp_ms: int,
+                    level: int = logging.WARNING) -> str:
         status = exc.status.name if exc.status else None
         bin_path, json_path = self.layout.rejected / f"{offset}.bin", self.layout.rejected / f"{offset}.json"
         if json_path.exists() and bin_path.exists() and bin_path.read_bytes() == data:
@@ -250,7 +272,7 @@ class AnnotationHandler:
                   "broker_timestamp_ms": timestamp_ms or None}
         self._write(json_path, (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode())
         self.counts.rejected[exc.reason] += 1
-        log(logger, logging.WARNING, f"message rejected: {exc.detail}", reason=exc.reason, offset=offset,
+        log(logger, level, f"message rejected: {exc.detail}", reason=exc.reason, offset=offset,
             status=status, file=str(bin_path))
         return "rejected"
 
@@ -267,21 +289,14 @@ class AnnotationHandler:
             self.index.set_meta("last_message_time", self._last_time or now_iso())
         self.index.commit()
         if self.record_offset:
-            write_offset_file(self.layout.offset_file, self.stream, self._last_handled)
+            write_offset_record(self.layout.offset_file, self.stream, self._last_handled)
         self._touched.clear()
         self._dirs.clear()
         self.pending = 0
         return self._last_handled
 
     def _make_durable(self) -> None:
-        """One syncfs for the whole batch where the OS has it (one journal commit instead of one
-        per file); otherwise fsync every written file and directory."""
-        if _syncfs(self.layout.root):
-            return
-        for path in self._touched:
-            _fsync_file(path)
-        for directory in self._dirs:
-            fsync_dir(directory)
+        make_durable(self.layout.root, self._touched, self._dirs)
 
     def abandon(self) -> None:
         """Drop the open batch's index changes after a failure (files converge when re-applied)."""
@@ -291,155 +306,18 @@ class AnnotationHandler:
         self.pending = 0
 
 
+def _broker_time(timestamp_ms: int) -> str:
+    """The broker's timestamp as ISO 8601; now when unknown or out of range (a dump file's field)."""
+    if not timestamp_ms:
+        return now_iso()
+    try:
+        return datetime.fromtimestamp(timestamp_ms / 1000, UTC).isoformat(timespec="milliseconds")
+    except (ValueError, OverflowError, OSError):
+        return now_iso()
+
+
 def probe_extensions(entry: IndexEntry | None, *message_extension: str) -> tuple[str, ...]:
     """Image extensions to look for: the one the index recorded and the message's; every known one
     when neither is known (a name the index has never seen in a bulk message)."""
     known = [entry.image_ext] if entry is not None and entry.image_ext else []
-    return tuple(dict.fromkeys([*known, *message_extension])) or IMAGE_EXTENSIONS
-
-
-def _syncfs(path: Path) -> bool:
-    """syncfs(2) on the filesystem holding `path`: flushes its data and metadata, then returns."""
-    if not hasattr(os, "O_DIRECTORY") or _LIBC is None or not hasattr(_LIBC, "syncfs"):
-        return False
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _LIBC.syncfs(fd) != 0:
-            raise OSError(ctypes.get_errno(), f"syncfs failed on {path}")
-    finally:
-        os.close(fd)
-    return True
-
-
-def _fsync_file(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:  # moved on within the batch; its new place is tracked too
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------- offsets
-
-
-def write_offset_file(path: Path, stream: str, offset: int) -> None:
-    atomic_write_text(path, yaml.safe_dump({"stream": stream, "offset": int(offset), "updated_at": now_iso()},
-                                           sort_keys=False))
-
-
-@dataclass(frozen=True)
-class OffsetRecord:
-    """offset.yaml as the consumer writes it; `azaion status` and `azaion health` read it too."""
-
-    stream: str
-    offset: int
-    updated_at: datetime | None
-
-
-def read_offset_record(path: Path) -> OffsetRecord | None:
-    """The record in an offset file; None when absent, unreadable or without an integer offset."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("offset"), int):
-        return None
-    return OffsetRecord(str(data.get("stream") or ""), data["offset"], _as_datetime(data.get("updated_at")))
-
-
-def _as_datetime(value: object) -> datetime | None:
-    if isinstance(value, str):  # YAML loads an ISO timestamp as a datetime or leaves it a string
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-    if not isinstance(value, datetime):
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def read_offset_file(path: Path, stream: str) -> int | None:
-    """The offset recorded in offset.yaml for `stream`; None when absent, unreadable or for another stream."""
-    record = read_offset_record(path)
-    if record is None:
-        if Path(path).exists():
-            log(logger, logging.WARNING, "offset file unreadable or without an integer 'offset'; ignoring it",
-                file=str(path))
-        return None
-    if record.stream not in ("", stream):
-        log(logger, logging.WARNING, "offset file belongs to another stream; ignoring it", file=str(path),
-            stream=record.stream)
-        return None
-    return record.offset
-
-
-def read_index_offset(layout: Layout) -> int | None:
-    if not layout.index_db.is_file():
-        return None
-    index = AnnotationIndex(layout.index_db, readonly=True)
-    try:
-        value = index.get_meta("last_offset")
-    finally:
-        index.close()
-    return int(value) if value is not None else None
-
-
-def committed_offset(layout: Layout, stream: str) -> int | None:
-    """The last offset committed locally (offset.yaml, else the index meta)."""
-    candidates = [read_offset_file(layout.offset_file, stream), read_index_offset(layout)]
-    known = [value for value in candidates if value is not None]
-    return max(known) if known else None
-
-
-# ---------------------------------------------------------------- progress and replay
-
-
-class ProgressLog:
-    """A periodic INFO line: messages/s, applied/rejected counts, current offset."""
-
-    def __init__(self, counts: IngestCounts, every_s: float = 10.0, what: str = "ingest progress"):
-        self.counts = counts
-        self.every_s = every_s
-        self.what = what
-        self._last_time = time.monotonic()
-        self._last_total = 0
-
-    def total(self) -> int:
-        return self.counts.applied + self.counts.skipped + self.counts.rejected_total
-
-    def maybe_log(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_time < self.every_s:
-            return
-        total = self.total()
-        rate = (total - self._last_total) / max(now - self._last_time, 1e-9)
-        log(logger, logging.INFO, self.what, messages_per_s=round(rate, 1), **self.counts.as_dict())
-        self._last_time, self._last_total = now, total
-
-
-def replay_dump(settings: Settings, path: Path) -> ReplayResult:
-    """Apply a dump file through the same handler as the consumer (no broker). Idempotent:
-    replaying a dump twice leaves the tree as after the first time."""
-    from azaion_training.locks import InstanceLock
-
-    layout = Layout(settings.paths)
-    limits = Limits(int(settings.rabbitmq.max_image_mb * 1024 * 1024))
-    with InstanceLock(layout.lock_file("consumer"), "annotation consumer"):
-        handler = AnnotationHandler(layout, limits, settings.rabbitmq.queue_name, record_offset=False)
-        progress = ProgressLog(handler.counts, every_s=5.0, what="replay progress")
-        records = 0
-        try:
-            for record in iter_dump(path):
-                handler.handle(record.offset, record.data, record.timestamp_ms)
-                records += 1
-                if handler.pending >= COMMIT_EVERY:
-                    handler.commit()
-                progress.maybe_log()
-            handler.commit()
-        finally:
-            handler.close()
-    progress.maybe_log(force=True)
-    return ReplayResult.from_counts(records, handler.counts)
+    return tuple(dict.fromkeys([*known, *message_extension])) or IMAGE_SUFFIXES

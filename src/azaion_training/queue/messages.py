@@ -1,4 +1,4 @@
-"""The Azaion stream wire format (design.md §3, spec §3.1): decode what the platform sends,
+"""The Azaion stream wire format (docs/wire-format.md): decode what the platform sends,
 and encode the same bytes for samples, tests, benchmarks and the demo.
 
 A stream entry is an AMQP 1.0 message (what .NET/Java stream clients publish) whose
@@ -11,7 +11,6 @@ consumer can quarantine it and move on.
 import gzip
 import json
 import math
-import struct
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,14 +19,16 @@ from typing import Any
 
 import msgpack
 
-from azaion_training.labels import Box, box_problem, label_text
+from azaion_training.images import IMAGE_SUFFIXES, structure_problem
+from azaion_training.labels import Box, label_text, stored_box_problem
 from azaion_training.layout import is_safe_name
+from azaion_training.queue.amqp import AmqpError, read_message
 
 STATUS_PROPERTY = "AnnotationStatus"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # AMQP 1.0 section descriptors (header .. footer) start with 0x00 0x53 0x70..0x78.
 _AMQP_SECTIONS = range(0x70, 0x79)
 _GZIP_MAGIC = b"\x1f\x8b"
+ECHO_MAX = 200  # characters of any received value echoed in a log line or a rejection record
 
 
 class AnnotationStatus(IntEnum):
@@ -58,14 +59,22 @@ class MessageRejected(ValueError):
     rejection's JSON), `detail` says what exactly was wrong."""
 
     def __init__(self, reason: str, detail: str, status: AnnotationStatus | None = None):
+        detail = capped(detail)  # details echo the sender's bytes: never let them flood logs and records
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
         self.status = status
 
 
+def capped(text: str, limit: int = ECHO_MAX) -> str:
+    """`text` cut to `limit` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 @dataclass(frozen=True)
-class Detection:
+class NormalizedDetection:
+    """A detection as the platform sends it: YOLO centre and size, normalised to 0..1."""
+
     cls: int
     x: float
     y: float
@@ -86,7 +95,7 @@ class AnnotationMessage:
     original_media_name: str
     time: timedelta
     image_extension: str
-    detections: list[Detection]
+    detections: list[NormalizedDetection]
     image: bytes | None
     created_role: Role
     created_email: str
@@ -132,18 +141,16 @@ def decode(data: bytes, limits: Limits = Limits()) -> AnnotationMessage | Annota
 
 def _open_envelope(data: bytes) -> tuple[bytes, dict]:
     if len(data) >= 3 and data[0] == 0x00 and data[1] == 0x53 and data[2] in _AMQP_SECTIONS:
-        from rstream import amqp_decoder  # imported here: only enveloped messages need it
-
         try:
-            message = amqp_decoder(data)
-        except Exception as exc:
-            raise MessageRejected("undecodable", f"broken AMQP 1.0 envelope ({type(exc).__name__})") from None
-        body = message.body if message.body is not None else message.value
+            message = read_message(data)  # bounded: never rstream's decoder (see queue/amqp.py)
+        except AmqpError as exc:
+            raise MessageRejected("undecodable", f"broken AMQP 1.0 envelope ({str(exc)[:200]})") from None
+        body = b"".join(message.data) if message.data else message.value
         if isinstance(body, list) and body and all(isinstance(part, bytes | bytearray) for part in body):
             body = b"".join(body)
         if not isinstance(body, bytes | bytearray):
             raise MessageRejected("undecodable", f"AMQP body is {type(body).__name__}, expected binary data")
-        return bytes(body), dict(message.application_properties or {})
+        return bytes(body), message.application_properties
     return data, {}
 
 
@@ -168,7 +175,7 @@ def parse_status(value: object) -> AnnotationStatus:
             value = int(value.strip())
     if isinstance(value, int) and not isinstance(value, bool) and value in AnnotationStatus._value2member_map_:
         return AnnotationStatus(value)
-    raise MessageRejected("unknown-status", f"{STATUS_PROPERTY} {value!r} is not one of "
+    raise MessageRejected("unknown-status", f"{STATUS_PROPERTY} {capped(repr(value), 80)} is not one of "
                           "10/20/30/40 or Created/Edited/Validated/Deleted")
 
 
@@ -189,7 +196,9 @@ def _inflate(body: bytes, limits: Limits, status: AnnotationStatus | None) -> by
 
 def _unpack(body: bytes, status: AnnotationStatus | None) -> list:
     try:
-        fields = msgpack.unpackb(body, raw=False, timestamp=3, strict_map_key=False)
+        size = len(body)  # no length claimed inside may exceed the bytes there are
+        fields = msgpack.unpackb(body, raw=False, timestamp=3, strict_map_key=False, max_str_len=size,
+                                 max_bin_len=size, max_array_len=size, max_map_len=size // 2, max_ext_len=size)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise MessageRejected("bad-msgpack", f"body is not one MessagePack value ({type(exc).__name__}: "
                               f"{str(exc)[:120]})", status) from None
@@ -257,8 +266,8 @@ def _annotation(fields: list, status: AnnotationStatus, limits: Limits) -> Annot
 def image_extension(value: str, status: AnnotationStatus) -> str:
     extension = value.strip().lower()
     extension = extension if extension.startswith(".") else f".{extension}"
-    if extension not in IMAGE_EXTENSIONS:
-        raise MessageRejected("bad-field", f"imageExtension {value[:20]!r} is not one of {IMAGE_EXTENSIONS}", status)
+    if extension not in IMAGE_SUFFIXES:
+        raise MessageRejected("bad-field", f"imageExtension {value[:20]!r} is not one of {IMAGE_SUFFIXES}", status)
     return extension
 
 
@@ -272,7 +281,7 @@ _DETECTION_KEYS = {
 }
 
 
-def parse_detections(text: str | bytes, status: AnnotationStatus) -> list[Detection]:
+def parse_detections(text: str | bytes, status: AnnotationStatus) -> list[NormalizedDetection]:
     """The detections JSON string -> validated detections (keys matched case-insensitively)."""
     try:
         items = json.loads(text) if text else []
@@ -288,15 +297,15 @@ def parse_detections(text: str | bytes, status: AnnotationStatus) -> list[Detect
         lowered = {str(key).lower(): value for key, value in item.items()}
         values = {key: next((lowered[a] for a in aliases if a in lowered), None)
                   for key, aliases in _DETECTION_KEYS.items()}
-        problem = box_problem(values["cls"], values["x"], values["y"], values["w"], values["h"])
+        problem = stored_box_problem(values["cls"], values["x"], values["y"], values["w"], values["h"])
         if problem:
             raise MessageRejected("bad-detection", f"detection {number}: {problem}", status)
         confidence = values["confidence"]
         if not (isinstance(confidence, int | float) and not isinstance(confidence, bool)
                 and math.isfinite(confidence)):
             confidence = 1.0
-        detections.append(Detection(values["cls"], float(values["x"]), float(values["y"]), float(values["w"]),
-                                    float(values["h"]), float(confidence)))
+        detections.append(NormalizedDetection(values["cls"], float(values["x"]), float(values["y"]),
+                                              float(values["w"]), float(values["h"]), float(confidence)))
     return detections
 
 
@@ -305,61 +314,23 @@ def _bulk(fields: list, status: AnnotationStatus) -> AnnotationBulkMessage:
     return AnnotationBulkMessage([checked_name(name, status) for name in names], status)
 
 
-# ---------------------------------------------------------------- image check (no cv2/PIL: slim image)
-
-
-def image_format(data: bytes) -> tuple[str, int, int] | None:
-    """(format, width, height) when `data` is a structurally complete JPEG or PNG, ('bmp'|'webp'|'tiff',
-    0, 0) for those by magic bytes; None when it is not an image."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return _jpeg_size(data)
-    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and data.rstrip(b"\0").endswith(
-            b"IEND\xaeB`\x82"):
-        width, height = struct.unpack(">II", data[16:24])
-        return ("png", width, height) if width and height else None
-    if data.startswith(b"BM") and len(data) > 26:
-        return "bmp", 0, 0
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp", 0, 0
-    if data[:4] in (b"II*\0", b"MM\0*"):
-        return "tiff", 0, 0
-    return None
-
-
-def _jpeg_size(data: bytes) -> tuple[str, int, int] | None:
-    if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
-        return None  # truncated: no end-of-image marker
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
-            if pos + 9 > len(data):
-                return None
-            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
-            return ("jpeg", width, height) if width and height else None
-        pos += 2 + length
-    return None
+# ---------------------------------------------------------------- image check (the rule: images.py)
 
 
 def check_image(image: bytes, limits: Limits, status: AnnotationStatus) -> None:
     if len(image) > limits.max_image_bytes:
         raise MessageRejected("image-too-large", f"image is {len(image)} bytes, over the limit of "
                               f"{limits.max_image_bytes} (RABBITMQ_MAX_IMAGE_MB)", status)
-    if image_format(image) is None:
-        raise MessageRejected("not-an-image", f"image bytes ({len(image)} bytes, starting {image[:8].hex()}) "
-                              "are not a complete JPEG/PNG/BMP/WEBP/TIFF", status)
+    problem = structure_problem(image)
+    if problem:
+        raise MessageRejected("not-an-image", f"image bytes ({len(image)} bytes, starting {image[:8].hex()}): "
+                              f"{problem}", status)
 
 
 # ---------------------------------------------------------------- encoding (what the platform sends)
 
 
-def detections_json(detections: list[Detection], name: str) -> str:
+def detections_json(detections: list[NormalizedDetection], name: str) -> str:
     return json.dumps([{"annotation_name": name, "cls": d.cls, "x": d.x, "y": d.y, "w": d.w, "h": d.h,
                         "confidence": d.confidence} for d in detections])
 
@@ -410,7 +381,7 @@ class SampleOptions:
     source: Source = Source.Manual
     media: str = "sample-video.mp4"
     frame: int = 0
-    detections: list[Detection] = field(default_factory=list)
+    detections: list[NormalizedDetection] = field(default_factory=list)
 
 
 def sample_annotation(name: str, image: bytes, options: SampleOptions = SampleOptions(),

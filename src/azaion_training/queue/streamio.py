@@ -3,21 +3,22 @@
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rstream import AMQPMessage, ConfirmationStatus, Consumer, MessageContext, Producer
+from rstream import AMQPMessage, ConfirmationStatus, MessageContext
 
 from azaion_training.errors import OperationFailed
 from azaion_training.logs import get_logger, log
+from azaion_training.queue.broker import stream_consumer, stream_producer
 from azaion_training.queue.consumer import StartSpec
 from azaion_training.queue.dumpfile import DumpRecord, write_dump
 from azaion_training.queue.messages import (
     AnnotationBulkMessage,
     AnnotationMessage,
     AnnotationStatus,
-    Detection,
+    NormalizedDetection,
     Role,
     SampleOptions,
     amqp_message,
@@ -25,14 +26,12 @@ from azaion_training.queue.messages import (
     encode_bulk,
     sample_annotation,
 )
-from azaion_training.settings import RabbitMQSettings, require_secret
+from azaion_training.settings import RabbitMQSettings
 
 logger = get_logger("queue")
-FRAME_MAX = 8 * 1024 * 1024
-
-
-def _credentials(rabbit: RabbitMQSettings) -> dict:
-    return {"username": rabbit.user, "password": require_secret(rabbit.password, "RABBITMQ_PASSWORD")}
+# A synthetic scene for sample messages: (JPEG bytes, its boxes). The demo renders them
+# (`azaion_training.demo.scenes`); this module stays free of cv2 and of the demo.
+SceneSource = Callable[[int], tuple[bytes, list[NormalizedDetection]]]
 
 
 def to_amqp(message: AnnotationMessage | AnnotationBulkMessage) -> AMQPMessage:
@@ -51,8 +50,7 @@ async def publish_async(rabbit: RabbitMQSettings, messages: Iterable[AMQPMessage
         confirmed += 1
         failed += 0 if status.is_confirmed else 1
 
-    async with Producer(rabbit.host, rabbit.port, frame_max=FRAME_MAX, connection_name="azaion-publisher",
-                        **_credentials(rabbit)) as producer:
+    async with stream_producer(rabbit, "azaion-publisher") as producer:
         if not await producer.stream_exists(rabbit.queue_name):
             await producer.create_stream(rabbit.queue_name, exists_ok=True)
         for message in messages:
@@ -71,24 +69,16 @@ def publish(rabbit: RabbitMQSettings, messages: Iterable[AMQPMessage | bytes]) -
     return asyncio.run(publish_async(rabbit, messages))
 
 
-def sample_messages(count: int, size: int = 640, seed: int = 0) -> list[AnnotationMessage | AnnotationBulkMessage]:
-    """Realistic Azaion messages: Created annotations of synthetic aerial scenes (operators to seed,
+def sample_messages(count: int, scene: SceneSource, seed: int = 0) -> list[AnnotationMessage | AnnotationBulkMessage]:
+    """Realistic Azaion messages: Created annotations of `scene(i)` (operators to seed,
     validators to data), then one Validated for the operator ones."""
-    import numpy as np
-
-    from azaion_training.classes import WeatherMode
-    from azaion_training.demo.scenes import encode_jpeg, render_scene  # cv2: development tool only
-
-    rng = np.random.default_rng(seed)
-    modes = list(WeatherMode)
     messages: list[AnnotationMessage | AnnotationBulkMessage] = []
     for i in range(count):
-        scene = render_scene(rng, size, modes[i % len(modes)])
-        detections = [Detection(*label) for label in scene.labels]
+        image, detections = scene(i)
         role = Role.Operator if i % 3 == 0 else Role.Validator
         options = SampleOptions(role=role, media=f"sample-video-{i // 10:03d}.mp4", frame=i % 10,
                                 detections=detections)
-        messages.append(sample_annotation(f"sample-{seed}-{i:06d}", encode_jpeg(scene.image), options))
+        messages.append(sample_annotation(f"sample-{seed}-{i:06d}", image, options))
     operators = [m.name for m in messages if m.created_role is Role.Operator]
     if operators:
         messages.append(AnnotationBulkMessage(operators, AnnotationStatus.Validated))
@@ -112,8 +102,7 @@ async def _collect(rabbit: RabbitMQSettings, start: StartSpec, idle_s: float, li
             records.append(DumpRecord(context.offset, bytes(data), context.timestamp))
             last = time.monotonic()
 
-    async with Consumer(rabbit.host, rabbit.port, frame_max=FRAME_MAX, connection_name="azaion-dump",
-                        **_credentials(rabbit)) as consumer:
+    async with stream_consumer(rabbit, "azaion-dump") as consumer:
         if not await consumer.stream_exists(rabbit.queue_name):
             raise OperationFailed(f"stream {rabbit.queue_name!r} does not exist on {rabbit.host}:{rabbit.port}")
         spec = start if start.kind != "resume" else StartSpec("first")

@@ -2,7 +2,8 @@
 
 Inputs are a real Ultralytics run directory (results.csv, weights/best.pt, args.yaml naming
 the dataset), the data tree for the pipeline counts, and -- when the caller has them (the
-demo does) -- the ingest counts, the publish manifest and the inference summary.
+demo does) -- the ingest counts, the publish manifest and the inference summary with frames
+of its annotated video.
 """
 
 import json
@@ -11,31 +12,33 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from azaion_training.classes import load_classes
-from azaion_training.errors import InputError
 from azaion_training.fsutil import atomic_write_text
-from azaion_training.layout import Layout
+from azaion_training.layout import SPLITS, DatasetDir, Layout
 from azaion_training.logs import get_logger
 from azaion_training.report import html, plots
-from azaion_training.report.evaluate import Evaluation, evaluate, predictions_vs_truth, split_images
+from azaion_training.report.evaluate import Evaluation, evaluate, predictions_vs_truth
 from azaion_training.report.status import class_histogram, collect_status, run_metrics
 from azaion_training.settings import Settings
 
 logger = get_logger("report")
-SPLITS = ("train", "valid", "test")
 GRID_IMAGES = 8
+INFERENCE_FRAMES = 6
+# Below this held-out mAP50 the page says the model did not learn and why it may not have.
+NO_LEARNING_MAP50 = 0.05
 
 
 @dataclass
 class ReportInputs:
     run_dir: Path
     title: str = "Azaion training report"
-    ingest: dict[str, Any] | None = None  # what was sent / applied / rejected (the demo knows)
+    ingest: list[dict[str, Any]] | None = None  # table rows: what was sent / applied / rejected (the demo knows)
     publish: dict[str, Any] | None = None  # publish manifest and fetch check
-    inference: dict[str, Any] | None = None  # inference summary
-    inference_frames: list[Any] = field(default_factory=list)  # annotated BGR frames
+    inference: dict[str, Any] | None = None  # inference summary (InferenceSummary as a dict)
+    inference_frames: list[tuple[str, Any]] = field(default_factory=list)  # (caption, annotated BGR frame)
     extra: dict[str, Any] = field(default_factory=dict)  # shown under "Run" (timings, settings)
 
 
@@ -45,16 +48,6 @@ class ReportResult:
     report_json: Path
     pngs: list[Path]
     evaluation: Evaluation | None
-
-
-def resolve_run(settings: Settings, run: str) -> Path:
-    """A run name under models/ or a path to a run directory."""
-    candidate = Path(run)
-    run_dir = candidate if candidate.is_dir() else Layout(settings.paths).models / run
-    if not (run_dir / "results.csv").is_file():
-        raise InputError(f"training run {run!r} not found: expected {run_dir}/results.csv; "
-                         "give a run name under models/ (see `azaion status`) or a run directory")
-    return run_dir
 
 
 def run_dataset(run_dir: Path) -> tuple[Path | None, int]:
@@ -77,6 +70,35 @@ def best_weights(run_dir: Path) -> Path | None:
     return None
 
 
+def annotated_frames(inference: dict[str, Any], count: int = INFERENCE_FRAMES) -> list[tuple[str, Any]]:
+    """`count` frames spread over an inference run's annotated video, each captioned with its
+    frame number and detections as detections.jsonl records them. The video holds one frame per
+    processed frame (every `every`-th of the source), in the order of detections.jsonl."""
+    import cv2
+
+    outputs = inference.get("outputs") or {}
+    if not outputs.get("video") or not outputs.get("detections"):
+        return []
+    with open(outputs["detections"], encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle if line.strip()]
+    wanted = set(np.linspace(0, len(records) - 1, count).round().astype(int).tolist()) if records else set()
+    frames = []
+    capture = cv2.VideoCapture(outputs["video"])
+    try:
+        for position in range(max(wanted, default=-1) + 1):  # read in order: seeking in MP4 is not exact
+            if not capture.grab():
+                break
+            if position in wanted:
+                ok, image = capture.retrieve()
+                found = len(records[position]["detections"])
+                if ok:
+                    frames.append((f"frame {records[position]['frame']}: {found} detection{'s' * (found != 1)}",
+                                   image))
+    finally:
+        capture.release()
+    return frames
+
+
 def build_report(settings: Settings, inputs: ReportInputs, out_dir: Path) -> ReportResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +117,7 @@ def build_report(settings: Settings, inputs: ReportInputs, out_dir: Path) -> Rep
         counts = split_class_counts(data_yaml.parent, names)
         pngs.append(plots.class_histogram(counts, out_dir / "class_histogram.png", "Boxes per class and split",
                                           order=[names[cls] for cls in sorted(names)]))
-        split_rows = [{"split": s, "images": len(split_images(data_yaml, "val" if s == "valid" else s)),
+        split_rows = [{"split": s, "images": len(DatasetDir(data_yaml.parent).images(s)),
                        "boxes": sum(counts.get(s, {}).values())} for s in SPLITS]
         sections.append(("Dataset", html.paragraph(f"{data_yaml.parent}") + html.table(split_rows)
                          + html.figure(pngs[-1].name, "Boxes per class in each split")))
@@ -108,33 +130,40 @@ def build_report(settings: Settings, inputs: ReportInputs, out_dir: Path) -> Rep
 
     evaluation = None
     if weights is not None and data_yaml is not None:
-        split = "test" if split_images(data_yaml, "test") else "val"
+        split = "test" if DatasetDir(data_yaml.parent).images("test") else "valid"
         evaluation = evaluate(weights, data_yaml, split, imgsz, out_dir / ".val")
-        sections.append(_evaluation_section(evaluation, out_dir, pngs))
-        drawn = predictions_vs_truth(weights, split_images(data_yaml, split)[:GRID_IMAGES], classes, imgsz)
+        notice = no_learning_notice(evaluation, run_metrics(inputs.run_dir).get("epochs"),
+                                    len(DatasetDir(data_yaml.parent).images("train")), imgsz)
+        sections.append(_evaluation_section(evaluation, notice, out_dir, pngs))
+        conf, iou = settings.inference.conf, settings.inference.iou
+        drawn = predictions_vs_truth(weights, DatasetDir(data_yaml.parent).images(split)[:GRID_IMAGES], classes, imgsz,
+                                     conf, iou)
         if drawn:
             pngs.append(plots.image_grid([d[0] for d in drawn], [d[1] for d in drawn], out_dir / "test_grid.png"))
             sections.append(("Test images: ground truth vs predictions", html.figure(
-                pngs[-1].name, "Magenta: ground truth. Coloured, labelled: the model's predictions (conf >= 0.25).")))
+                pngs[-1].name, f"Magenta: ground truth. Coloured, labelled: what the inference pipeline outputs "
+                               f"(confidence >= {conf}, overlap cleanup at IoU {iou}).")))
 
     if inputs.publish is not None:
         sections.append(("Publish manifest", html.json_block(inputs.publish)))
     if inputs.inference is not None:
         body = html.json_block(inputs.inference)
         if inputs.inference_frames:
-            pngs.append(plots.image_grid(inputs.inference_frames, [f"frame {i + 1}" for i in
-                                                                   range(len(inputs.inference_frames))],
+            pngs.append(plots.image_grid([frame for _, frame in inputs.inference_frames],
+                                         [caption for caption, _ in inputs.inference_frames],
                                          out_dir / "inference_frames.png", columns=3))
-            body += html.figure(pngs[-1].name, "Annotated frames from the inference video")
+            body += html.figure(pngs[-1].name, "Frames of the annotated inference video; frame numbers are those "
+                                               "of detections.jsonl")
         sections.append(("Inference", body))
 
     created = datetime.now(UTC).isoformat(timespec="seconds")
     index = out_dir / "index.html"
     atomic_write_text(index, html.page(inputs.title, f"{created} · data tree {layout.root}", sections))
-    summary = {"created_at": created, "run": str(inputs.run_dir), "status": status, "ingest": inputs.ingest,
+    summary = {"created": created, "run": str(inputs.run_dir), "status": status, "ingest": inputs.ingest,
                "evaluation": evaluation.metrics() if evaluation else None,
                "per_class": evaluation.per_class if evaluation else None, "publish": inputs.publish,
-               "inference": inputs.inference, "extra": inputs.extra, "pngs": [p.name for p in pngs]}
+               "no_learning": notice, "inference": inputs.inference, "extra": inputs.extra,
+               "pngs": [p.name for p in pngs]}
     report_json = out_dir / "report.json"
     atomic_write_text(report_json, json.dumps(summary, indent=2, default=str))
     return ReportResult(index, report_json, pngs, evaluation)
@@ -149,7 +178,7 @@ def _pipeline_section(status: dict, inputs: ReportInputs) -> str:
             {"stage": "rejected messages (queue-rejected/)", "count": status["rejected"]["messages"]}]
     body = ""
     if inputs.ingest:
-        body += "<h3>Ingest</h3>" + html.key_values(inputs.ingest)
+        body += "<h3>Ingest</h3>" + html.table(inputs.ingest)
     body += "<h3>Data tree</h3>" + html.table(rows)
     reasons = [{"where": "queue-rejected", "reason": r, "count": n} for r, n in status["rejected"]["reasons"].items()]
     reasons += [{"where": "data-corrupted", "reason": r, "count": n} for r, n in status["corrupted_reasons"].items()]
@@ -158,11 +187,31 @@ def _pipeline_section(status: dict, inputs: ReportInputs) -> str:
     return body
 
 
-def _evaluation_section(evaluation: Evaluation, out_dir: Path, pngs: list[Path]) -> str:
+def no_learning_notice(evaluation: Evaluation, epochs: int | None, train_images: int, imgsz: int) -> list[str] | None:
+    """None when the model learnt something; else what the page says: the finding, then the
+    likely reasons with this run's numbers."""
+    if evaluation.map50 >= NO_LEARNING_MAP50:
+        return None
+    return [
+        f"The model did not learn: mAP50 {evaluation.map50:.3f} on the {evaluation.split} split "
+        f"({evaluation.images} images). Likely reasons:",
+        f"too few epochs ({epochs if epochs is not None else 'unknown'}): from scratch a detector needs tens to "
+        "hundreds of epochs; train longer, or fine-tune trained weights (azaion train --from)",
+        f"too few training images ({train_images}) for the classes they hold: add annotations",
+        f"an image size too small for the objects (imgsz {imgsz}): objects a few pixels wide vanish on the "
+        "model's stride-32 grid; train at a larger --imgsz",
+        "labels that do not match the images (wrong class ids, boxes off the objects): check the test images "
+        "below, where the magenta ground-truth boxes must sit on the objects",
+    ]
+
+
+def _evaluation_section(evaluation: Evaluation, notice: list[str] | None, out_dir: Path, pngs: list[Path]) -> str:
     verdict = "ok" if evaluation.map50 >= 0.5 else "bad"
     body = (f'<p>Split <b>{evaluation.split}</b>, {evaluation.images} images: '
             f'<span class="{verdict}">mAP50 {evaluation.map50:.3f}</span>, mAP50-95 {evaluation.map50_95:.3f}, '
             f"precision {evaluation.precision:.3f}, recall {evaluation.recall:.3f}</p>")
+    if notice:
+        body += html.warning(notice[0], notice[1:])
     body += "<h3>Per-class AP</h3>" + html.table(evaluation.per_class)
     if evaluation.pr_precision is not None:
         pngs.append(plots.precision_recall(evaluation.pr_recall, evaluation.pr_precision, evaluation.pr_names,

@@ -6,6 +6,7 @@ from typing import Any
 import typer
 
 from azaion_training.cli_support import console, print_json
+from azaion_training.errors import InputError
 
 commands = typer.Typer()  # cli.py merges every stage's `commands` into `azaion`
 
@@ -56,12 +57,13 @@ def report_command(
     out: Path | None = typer.Option(None, "--out", help="Output folder (default: RUN_DIR/report)."),
 ) -> None:
     """Write the HTML report (curves, per-class AP, PR curve, test predictions) of a training run."""
-    from azaion_training.cli_support import settings
-    from azaion_training.offline import configure_offline_environment
-    from azaion_training.report.build import ReportInputs, build_report, resolve_run
+    from azaion_training.cli_support import layout, settings
+    from azaion_training.report.build import ReportInputs, build_report
+    from azaion_training.training.runs import find_run
 
-    configure_offline_environment()
-    run_dir = resolve_run(settings(), run)
+    run_dir = find_run(layout(), run).path
+    if not (run_dir / "results.csv").is_file():
+        raise InputError(f"training run {run!r} has no results.csv ({run_dir}): nothing to report yet")
     result = build_report(settings(), ReportInputs(run_dir=run_dir, title=f"Training run {run_dir.name}"),
                           out or run_dir / "report")
     console.print(f"report: {result.index_html.absolute()}", highlight=False, soft_wrap=True)

@@ -9,6 +9,7 @@ import numpy as np
 
 from azaion_training.classes import AnnotationClass
 from azaion_training.labels import label_path_for, read_label_file
+from azaion_training.layout import DATA_YAML_KEYS, DatasetDir
 
 GROUND_TRUTH_BGR = (255, 0, 255)  # magenta: visible on green, snow and night terrain
 
@@ -33,14 +34,15 @@ class Evaluation:
 
 
 def evaluate(model_path: Path, data_yaml: Path, split: str, imgsz: int, workdir: Path) -> Evaluation:
-    """Run Ultralytics' validator on one split of a dataset (CPU or the model's default device)."""
+    """Run Ultralytics' validator on one split ('valid' or 'test') of the dataset of `data_yaml` (CPU
+    or the model's default device)."""
     from ultralytics import YOLO
 
     model = YOLO(str(model_path))
-    results = model.val(data=str(data_yaml), split=split, imgsz=imgsz, batch=16, workers=0, plots=False,
+    results = model.val(data=str(data_yaml), split=DATA_YAML_KEYS[split], imgsz=imgsz, batch=16, workers=0, plots=False,
                         verbose=False, project=str(Path(workdir).absolute()), name=f"val-{split}", exist_ok=True)
     box = results.box
-    evaluation = Evaluation(split=split, images=len(split_images(data_yaml, split)), map50=float(box.map50),
+    evaluation = Evaluation(split=split, images=len(DatasetDir(data_yaml.parent).images(split)), map50=float(box.map50),
                             map50_95=float(box.map), precision=float(box.mp), recall=float(box.mr),
                             per_class=[_plain(row) for row in results.summary()])
     curves = results.curves_results
@@ -56,31 +58,23 @@ def _plain(row: dict) -> dict:
     return {key: (value.item() if hasattr(value, "item") else value) for key, value in row.items()}
 
 
-def split_images(data_yaml: Path, split: str) -> list[Path]:
-    """The image files of a split named in data.yaml (a directory entry)."""
-    import yaml
-
-    data = yaml.safe_load(Path(data_yaml).read_text(encoding="utf-8"))
-    entry = data.get(split)
-    if not entry:
-        return []
-    base = Path(data.get("path") or Path(data_yaml).parent)
-    directory = Path(entry) if Path(entry).is_absolute() else base / entry
-    return sorted(p for p in directory.glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"})
-
-
 def predictions_vs_truth(model_path: Path, images: list[Path], classes: dict[int, AnnotationClass],
-                         imgsz: int, conf: float = 0.25) -> list[tuple[np.ndarray, str]]:
-    """Each image with ground truth (magenta, thin) and predictions (class colour, labelled)."""
+                         imgsz: int, conf: float, iou: float) -> list[tuple[np.ndarray, str]]:
+    """Each image with ground truth (magenta, thin) and what the inference pipeline would output:
+    predictions above `conf` after its overlap cleanup at `iou`, drawn by its Annotator."""
     import cv2
     from ultralytics import YOLO
+
+    from azaion_training.inference.nms import remove_overlaps
+    from azaion_training.inference.pipeline import MAX_DETECTIONS, Annotator
 
     if not images:
         return []
     model = YOLO(str(model_path))
+    annotator = Annotator({cls: c.name for cls, c in classes.items()}, {cls: c.bgr for cls, c in classes.items()})
     drawn = []
-    for image_path, result in zip(images, model.predict([str(p) for p in images], imgsz=imgsz, conf=conf, max_det=20,
-                                                        verbose=False), strict=True):
+    for image_path, result in zip(images, model.predict([str(p) for p in images], imgsz=imgsz, conf=conf, iou=iou,
+                                                        max_det=MAX_DETECTIONS, verbose=False), strict=True):
         image = cv2.imread(str(image_path))
         height, width = image.shape[:2]
         scale = max(1, 320 // max(height, width))
@@ -90,14 +84,22 @@ def predictions_vs_truth(model_path: Path, images: list[Path], classes: dict[int
             x0, y0 = (box.cx - box.w / 2) * width * scale, (box.cy - box.h / 2) * height * scale
             x1, y1 = (box.cx + box.w / 2) * width * scale, (box.cy + box.h / 2) * height * scale
             cv2.rectangle(image, (int(x0), int(y0)), (int(x1), int(y1)), GROUND_TRUTH_BGR, 1)
-        boxes = result.boxes
-        for xyxy, cls, score in zip(boxes.xyxy.tolist(), boxes.cls.tolist(), boxes.conf.tolist(), strict=True):
-            colour = classes[int(cls)].bgr if int(cls) in classes else (0, 255, 255)
-            x0, y0, x1, y1 = (int(v * scale) for v in xyxy)
-            cv2.rectangle(image, (x0, y0), (x1, y1), colour, 2)
-            name = classes[int(cls)].name if int(cls) in classes else str(int(cls))
-            cv2.putText(image, f"{name} {score:.2f}", (x0, max(10, y0 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                        colour, 1, cv2.LINE_AA)
+        xyxy, scores, class_ids = (result.boxes.xyxy.numpy(), result.boxes.conf.numpy(),
+                                   result.boxes.cls.numpy().astype(int))
+        kept = remove_overlaps(xyxy, scores, class_ids, iou, max_kept=MAX_DETECTIONS)
+        detections = [_pixel_detection(int(class_ids[i]), float(scores[i]), xyxy[i], width, height, scale)
+                      for i in kept]
+        annotator.draw(image, detections)
         short = image_path.stem if len(image_path.stem) <= 12 else image_path.stem[:10] + "…"
-        drawn.append((image, f"{short}\n{len(truth)} true, {len(boxes)} predicted"))
+        drawn.append((image, f"{short}\n{len(truth)} true, {len(detections)} predicted"))
     return drawn
+
+
+def _pixel_detection(cls: int, conf: float, xyxy: np.ndarray, width: int, height: int, scale: int):
+    """A prediction (pixels of the original image) as the inference pipeline's detection on the
+    image enlarged `scale` times."""
+    from azaion_training.inference.pipeline import PixelDetection
+
+    x1, y1, x2, y2 = (float(v) for v in xyxy)
+    return PixelDetection(cls, conf, x1 * scale, y1 * scale, x2 * scale, y2 * scale, (x1 + x2) / 2 / width,
+                          (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height)

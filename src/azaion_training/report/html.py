@@ -22,6 +22,7 @@ pre { background: #f7fafc; border: 1px solid #ddd; padding: .8em; overflow-x: au
 .muted { color: #777; }
 .ok { color: #276749; font-weight: bold; }
 .bad { color: #c53030; font-weight: bold; }
+.warning { border-left: 4px solid #c53030; background: #fff5f5; padding: .3em 1em; margin: .5em 0 1em; }
 """
 
 
@@ -55,6 +56,12 @@ def figure(png: str, caption: str) -> str:
 def paragraph(text: str, css_class: str = "") -> str:
     attribute = f' class="{css_class}"' if css_class else ""
     return f"<p{attribute}>{escape(text)}</p>"
+
+
+def warning(finding: str, reasons: Sequence[str]) -> str:
+    """A highlighted finding with a bullet list under it."""
+    items = "".join(f"<li>{escape(reason)}</li>" for reason in reasons)
+    return f'<div class="warning"><p class="bad">{escape(finding)}</p><ul>{items}</ul></div>'
 
 
 def json_block(data: Any) -> str:

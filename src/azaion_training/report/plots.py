@@ -72,19 +72,36 @@ def class_histogram(counts: Mapping[str, Mapping[str, int]], out: Path, title: s
     return _save(fig, out)
 
 
+# Colours x line styles: 80 distinct (colour, style) pairs, one per model slot, so curves of
+# 17 classes x 3 weather modes never share a look (matplotlib's default cycle has 10 colours).
+CURVE_STYLES = ("-", "--", ":", "-.")
+
+
+def curve_styles(count: int) -> list[tuple[tuple[float, ...], str]]:
+    """`count` distinct (colour, line style) pairs: the 10 strong tab20 colours solid, then dashed,
+    dotted, dash-dotted; then the 10 light ones in the same four styles; beyond 80 they repeat."""
+    from matplotlib import colormaps
+
+    strong, light = colormaps["tab20"].colors[0::2], colormaps["tab20"].colors[1::2]
+    return [((strong, light)[i // 40 % 2][i % 10], CURVE_STYLES[i // 10 % 4]) for i in range(count)]
+
+
 def precision_recall(recall: np.ndarray, precision: np.ndarray, class_names: Sequence[str],
                      ap50: Sequence[float], out: Path) -> Path:
     """One PR curve (IoU 0.5) per class plus their mean; precision is (classes, points)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 5))
-    for curve, name, ap in zip(precision, class_names, ap50, strict=True):
-        ax.plot(recall, curve, linewidth=1, alpha=0.7, label=f"{name} {ap:.2f}")
+    fig, ax = plt.subplots(figsize=(9.5, 5.5))
+    styles = curve_styles(len(precision))
+    for curve, name, ap, (colour, style) in zip(precision, class_names, ap50, styles, strict=True):
+        ax.plot(recall, curve, color=colour, linestyle=style, linewidth=1.3, label=f"{name} {ap:.2f}")
     if len(precision):
         ax.plot(recall, np.mean(precision, axis=0), color="black", linewidth=2.5,
                 label=f"all classes {float(np.mean(ap50)):.2f} mAP50")
-    ax.set(title="Precision-recall on the test split (IoU 0.5)", xlabel="recall", ylabel="precision",
+    ax.set(title="Precision-recall on the held-out split (IoU 0.5)", xlabel="recall", ylabel="precision",
            xlim=(0, 1), ylim=(0, 1.02))
-    ax.legend(fontsize=7, loc="lower left")
+    # Beside the axes: with 17+ classes a legend inside would hide the curves.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), ncol=1 if len(precision) <= 24 else 2,
+              title="class, AP50", title_fontsize=7)
     return _save(fig, out)
 
 
@@ -106,6 +123,6 @@ def _save(fig, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     if fig.get_layout_engine() is None:
         fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
     return out

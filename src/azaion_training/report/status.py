@@ -7,16 +7,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from azaion_training.annotation_index import AnnotationIndex
+from azaion_training.annotation_index import reading as reading_index
 from azaion_training.classes import load_classes
 from azaion_training.labels import LabelError, parse_line
-from azaion_training.layout import Area, Layout
-from azaion_training.queue.handler import read_offset_record
+from azaion_training.layout import SPLITS, Area, DatasetDir, Layout, image_files
+from azaion_training.queue.offsets import read_offset_record
 from azaion_training.report.plots import read_results_csv
 from azaion_training.settings import Settings
-from azaion_training.training.train import RUN_RECORD
+from azaion_training.training.runs import latest_run
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 RESULT_METRICS = {"mAP50": "metrics/mAP50(B)", "mAP50-95": "metrics/mAP50-95(B)",
                   "precision": "metrics/precision(B)", "recall": "metrics/recall(B)"}
 
@@ -29,7 +28,7 @@ def _count_files(directory: Path, suffixes: set[str] | None = None) -> int:
 
 
 def area_counts(area: Area) -> dict[str, int]:
-    return {"images": _count_files(area.images, IMAGE_SUFFIXES), "labels": _count_files(area.labels, {".txt"})}
+    return {"images": len(image_files(area.images)), "labels": _count_files(area.labels, {".txt"})}
 
 
 def class_histogram(labels_dir: Path, names: dict[int, str]) -> dict[str, int]:
@@ -76,22 +75,15 @@ def queue_position(layout: Layout) -> dict[str, Any]:
     if record is not None:
         position.update(stream=record.stream or None, offset=record.offset,
                         offset_updated_at=record.updated_at.isoformat() if record.updated_at else None)
-    if layout.index_db.is_file():
-        index = AnnotationIndex(layout.index_db, readonly=True)
-        try:
+    with reading_index(layout.index_db) as index:
+        if index is not None:
             position["last_message_time"] = index.get_meta("last_message_time")
             last = index.get_meta("last_offset")
             position["index_last_offset"] = int(last) if last is not None else None
             position["index_areas"] = index.area_counts()
             # replays (no broker) change the tree without moving the consumer's position
-            position["last_applied_at"] = index.db.execute("SELECT MAX(updated_at) FROM annotations").fetchone()[0]
-        finally:
-            index.close()
+            position["last_applied_at"] = index.last_updated_at()
     return position
-
-
-def _newest(directories: list[Path]) -> Path | None:
-    return max(directories, key=lambda p: (p.stat().st_mtime, p.name), default=None)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -103,14 +95,14 @@ def _read_json(path: Path) -> dict | None:
 
 
 def latest_dataset(layout: Layout) -> dict[str, Any] | None:
-    newest = _newest([d for d in layout.datasets.glob("*") if (d / "data.yaml").is_file()]) \
-        if layout.datasets.is_dir() else None
+    """The dataset training uses when none is named (DatasetDir.latest)."""
+    newest = DatasetDir.latest(layout.datasets)
     if newest is None:
         return None
-    splits = {split: _count_files(newest / split / "images", IMAGE_SUFFIXES) for split in ("train", "valid", "test")}
-    manifest = _read_json(newest / "manifest.json") or {}
-    return {"name": newest.name, "path": str(newest), "images": splits,
-            "created": manifest.get("created_at") or manifest.get("created"), "seed": manifest.get("seed")}
+    splits = {split: len(newest.images(split)) for split in SPLITS}
+    manifest = _read_json(newest.manifest) or {}
+    return {"name": newest.name, "path": str(newest.root), "images": splits,
+            "created": manifest.get("created"), "seed": manifest.get("seed")}
 
 
 def run_metrics(run_dir: Path) -> dict[str, Any]:
@@ -131,20 +123,13 @@ def run_metrics(run_dir: Path) -> dict[str, Any]:
     return metrics
 
 
-def training_runs(layout: Layout) -> list[Path]:
-    if not layout.models.is_dir():
-        return []
-    return [d for d in layout.models.iterdir() if d.is_dir() and (d / "results.csv").is_file()]
-
-
 def latest_model(layout: Layout) -> dict[str, Any] | None:
-    newest = _newest(training_runs(layout))
+    newest = latest_run(layout)
     current = {"pt": layout.current_pt.is_file(), "onnx": layout.current_onnx.is_file()}
     if newest is None:
         return {"run": None, "current": current} if any(current.values()) else None
-    record = _read_json(newest / RUN_RECORD) or {}
-    return {"run": newest.name, "path": str(newest), "status": record.get("status"), "ended": record.get("ended"),
-            "metrics": run_metrics(newest), "current": current}
+    return {"run": newest.run, "path": str(newest.path), "status": newest.status, "ended": newest.ended,
+            "metrics": run_metrics(newest.path), "current": current}
 
 
 def last_publish(layout: Layout) -> dict[str, Any] | None:

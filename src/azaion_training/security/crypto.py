@@ -1,4 +1,4 @@
-"""Azaion-compatible encryption (design.md §3): AES-256-CBC, AES key = SHA-256 of the UTF-8
+"""Azaion-compatible encryption (docs/encryption.md): AES-256-CBC, AES key = SHA-256 of the UTF-8
 key string, a random 16-byte IV prepended to the ciphertext, PKCS7 padding checked strictly.
 
 `encrypt`/`decrypt` work on bytes in memory. `encrypt_stream`/`decrypt_stream` push big

@@ -1,4 +1,4 @@
-"""The Azaion key hierarchy (design.md §3, spec §5.3). Every derived key is registered with
+"""The Azaion key hierarchy (docs/encryption.md). Every derived key is registered with
 the log redactor the moment it exists."""
 
 from azaion_training.logs import register_secret

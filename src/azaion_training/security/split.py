@@ -1,4 +1,4 @@
-"""Split a ciphertext into a small part (API) and a big part (CDN), design.md §3: small =
+"""Split a ciphertext into a small part (API) and a big part (CDN), docs/encryption.md: small =
 the first min(3072, ceil(20 %)) bytes, big = the rest; small + big is the ciphertext."""
 
 from collections.abc import Callable

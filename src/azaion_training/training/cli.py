@@ -7,13 +7,15 @@ import typer
 
 from azaion_training.cli_support import console, layout, print_json, settings
 from azaion_training.errors import InputError, OperationFailed
+from azaion_training.settings import overridden
 
 commands = typer.Typer()  # cli.py merges every stage's `commands` into `azaion`
 
 
 @commands.command("train")
 def train_command(
-    run: str | None = typer.Argument(None, help="With --resume: the run to continue (default: the latest)."),
+    run: str | None = typer.Argument(None, help="With --resume: the run (name or directory) to continue "
+                                                "(default: the latest)."),
     dataset: str | None = typer.Option(None, "--dataset", help="Dataset name or path (default: form one)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Default TRAINING_EPOCHS."),
     batch: int | None = typer.Option(None, "--batch", min=1, help="Default TRAINING_BATCH_SIZE."),
@@ -25,21 +27,21 @@ def train_command(
                                                                 "train nothing. Exit 0 go, 1 no-go."),
     min_free_gb: float | None = typer.Option(None, "--min-free-gb", help="Preflight: require this much free disk "
                                                                           "instead of the checkpoint estimate."),
-    publish: bool = typer.Option(False, "--publish", help="Then export ONNX (parity-checked), publish it."),
+    publish: bool = typer.Option(False, "--publish", help="Then promote the run through the gate "
+                                                          "(`azaion models promote`)."),
     target: str = typer.Option("azaion", "--target", help="With --publish: azaion, or local:DIR."),
 ) -> None:
     """Train a YOLO model (new run, --from fine-tune, or --resume), or run the --preflight checks."""
     from azaion_training.training.train import TrainRequest, train
     from azaion_training.training.train import resume as resume_run
 
-    if imgsz is not None and imgsz % 32:
-        raise InputError(f"--imgsz {imgsz}: must be a multiple of 32 (the YOLO stride)")
     if run is not None and not resume:
         raise InputError(f"unexpected argument {run!r}: a run name is only taken with --resume")
     if resume and (from_weights or dataset or epochs or preflight):
         raise InputError("--resume continues a run with its own dataset, epochs and schedule: "
                          "drop --from/--dataset/--epochs/--preflight, or start a new run without --resume")
-    request = TrainRequest(dataset, epochs, batch, imgsz, device, from_weights)
+    cfg = overridden(settings().training, epochs=epochs, batch_size=batch, imgsz=imgsz, device=device)
+    request = TrainRequest(dataset, cfg.epochs, cfg.batch_size, cfg.imgsz, cfg.device, from_weights)
     if preflight:
         _preflight(request, min_free_gb)
         return
@@ -47,7 +49,9 @@ def train_command(
     console.print(f"[green]training finished[/green]: {result.run_dir} ({result.epochs_done} epochs), "
                   f"mAP50 {result.metrics.get('mAP50', 0):.4f}; {layout().current_pt} updated")
     if publish:
-        _export_and_publish(result.run_dir.name, target)
+        from azaion_training.lifecycle.cli import promote_and_report
+
+        promote_and_report(result.run_dir.name, target)
 
 
 def _preflight(request, min_free_gb: float | None) -> None:
@@ -64,15 +68,6 @@ def _preflight(request, min_free_gb: float | None) -> None:
     if failed:
         raise OperationFailed(f"preflight: no-go ({', '.join(failed)})")
     console.print("[green]preflight: go[/green]")
-
-
-def _export_and_publish(run_name: str, target: str) -> None:
-    from azaion_training.distribution.publish import publish_model
-    from azaion_training.training.export import export
-
-    exported = export(settings())
-    published = publish_model(settings(), exported.files["onnx"], target=target, source_run=run_name)
-    console.print(f"published {published.name} to {published.target} ({published.manifest_path})")
 
 
 @commands.command("export")
@@ -92,6 +87,7 @@ def export_command(
     The parity check fails when the ONNX's mAP50 on the valid split is more than 0.01 lower."""
     from azaion_training.training.export import export, verify_onnx
 
+    imgsz = overridden(settings().export, onnx_imgsz=imgsz).onnx_imgsz
     if check is not None:
         report = verify_onnx(settings(), check, weights, dataset, imgsz, verify_images)
         _print_export({}, report, as_json)

@@ -18,17 +18,16 @@ from azaion_training.errors import InputError, OperationFailed
 from azaion_training.fsutil import durable_move
 from azaion_training.inference.nms import box_iou
 from azaion_training.labels import LabelError, label_path_for, read_label_file
-from azaion_training.layout import Layout
+from azaion_training.layout import DatasetDir, Layout
 from azaion_training.logs import get_logger, log
 from azaion_training.settings import Settings
 
 logger = get_logger("export")
 
 FORMATS = ("onnx", "engine", "rknn", "coreml")
-PARITY_TOLERANCE = 0.01  # absolute mAP50 the ONNX may lose against PyTorch
+PARITY_TOLERANCE = 0.01  # absolute mAP50 by which the ONNX may differ from PyTorch, either way
 PARITY_CONF = 0.001  # mAP needs the low-confidence tail too (as Ultralytics' val)
 PARITY_IOU = 0.7  # NMS IoU, Ultralytics' default, for both sides
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 RKNN_PLATFORM = "rk3588"  # OrangePi 5
 
 
@@ -41,7 +40,8 @@ class ParityReport:
 
     @property
     def passed(self) -> bool:
-        return self.onnx_map50 >= self.pytorch_map50 - self.tolerance
+        """Within the tolerance either way: an ONNX scoring far higher predicts something else too."""
+        return round(abs(self.onnx_map50 - self.pytorch_map50), 4) <= self.tolerance
 
 
 @dataclass
@@ -96,11 +96,6 @@ def map50(predictions: list[list[tuple]], truths: list[list[tuple]]) -> float | 
 
 
 # ---------------------------------------------------------------------------------------- parity
-
-
-def split_images(dataset: Path, split: str = "valid", limit: int | None = None) -> list[Path]:
-    images = sorted(p for p in (dataset / split / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    return images[:limit] if limit else images
 
 
 def ground_truth(image: Path, width: int, height: int) -> list[tuple]:
@@ -165,9 +160,10 @@ def parity_check(weights: Path, onnx: Path, images: list[Path], imgsz: int, batc
 
 def require_parity(report: ParityReport, note: str = "") -> None:
     if not report.passed:
+        direction = "below" if report.onnx_map50 < report.pytorch_map50 else "above"
         raise OperationFailed(f"parity check failed: ONNX mAP50 {report.onnx_map50:.4f} is more than "
-                              f"{report.tolerance} below PyTorch mAP50 {report.pytorch_map50:.4f} "
-                              f"on {report.images} images{note}")
+                              f"{report.tolerance} {direction} PyTorch mAP50 {report.pytorch_map50:.4f} "
+                              f"on {report.images} images: the ONNX does not predict what the model predicts{note}")
 
 
 # ---------------------------------------------------------------------------------------- export
@@ -239,22 +235,25 @@ def parity_dataset(settings: Settings, dataset: str | None) -> Path:
     """The dataset whose valid split the parity check uses: the named one, else the dataset of
     the latest training run, else the newest dataset."""
     from azaion_training.dataset.form import resolve_dataset
-    from azaion_training.training.train import LATEST_RUN_RECORD
+    from azaion_training.training.runs import latest_run
 
     layout = Layout(settings.paths)
     if dataset is None:
-        import json
-
-        record = layout.models / LATEST_RUN_RECORD
-        recorded = json.loads(record.read_text(encoding="utf-8")).get("dataset") if record.is_file() else None
-        if recorded and Path(recorded).is_dir():
-            return Path(recorded)
+        run = latest_run(layout)
+        if run is not None and run.dataset and Path(run.dataset).is_dir():
+            return Path(run.dataset)
     return resolve_dataset(dataset, layout)
+
+
+def parity_images(settings: Settings, dataset: str | None, limit: int) -> list[Path]:
+    """The first `limit` images of the parity dataset's valid split."""
+    return DatasetDir(parity_dataset(settings, dataset)).images("valid")[:limit]
 
 
 def export(settings: Settings, weights: Path | None = None, formats: list[str] | None = None,
            imgsz: int | None = None, verify: bool = True, dataset: str | None = None,
-           verify_images: int = 200) -> ExportResult:
+           verify_images: int = 200, onnx_out: Path | None = None) -> ExportResult:
+    """`onnx_out`: where the ONNX goes instead of models/azaion.onnx (a run's own export)."""
     layout = Layout(settings.paths)
     formats = formats or ["onnx"]
     check_toolchains(formats)
@@ -263,8 +262,7 @@ def export(settings: Settings, weights: Path | None = None, formats: list[str] |
         raise InputError(f"weights {weights} not found: train a model first (`azaion train`) or pass --weights")
     imgsz = imgsz or settings.export.onnx_imgsz
     max_batch = settings.export.max_batch
-    images = split_images(parity_dataset(settings, dataset), limit=verify_images) if verify and "onnx" in formats \
-        else []
+    images = parity_images(settings, dataset, verify_images) if verify and "onnx" in formats else []
     result = ExportResult()
     layout.models.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".tmp-export-", dir=layout.models) as work:
@@ -273,10 +271,10 @@ def export(settings: Settings, weights: Path | None = None, formats: list[str] |
         for fmt in formats:
             log(logger, logging.INFO, "exporting", format=fmt, weights=str(weights), imgsz=imgsz)
             produced = _export_one(staged, fmt, imgsz, max_batch)
+            target = onnx_out if fmt == "onnx" and onnx_out else _target_name(layout, fmt, produced)
             if fmt == "onnx" and verify:
                 result.parity = parity_check(weights, produced, images, imgsz, max_batch)
-                require_parity(result.parity, f"; {layout.current_onnx} was left unchanged")
-            target = _target_name(layout, fmt, produced)
+                require_parity(result.parity, f"; {target} was left unchanged")
             _install(produced, target)
             result.files[fmt] = target
             log(logger, logging.INFO, "exported", format=fmt, file=str(target))
@@ -291,7 +289,7 @@ def verify_onnx(settings: Settings, onnx: Path, weights: Path | None = None, dat
     for path, what in ((onnx, "ONNX model"), (weights, "weights")):
         if not Path(path).is_file():
             raise InputError(f"{what} {path} not found")
-    images = split_images(parity_dataset(settings, dataset), limit=verify_images)
+    images = parity_images(settings, dataset, verify_images)
     report = parity_check(weights, Path(onnx), images, imgsz or settings.export.onnx_imgsz,
                           settings.export.max_batch)
     require_parity(report)

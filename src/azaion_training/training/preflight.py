@@ -10,13 +10,13 @@ from typing import Any
 
 from azaion_training.errors import AzaionError
 from azaion_training.labels import LabelError, label_path_for, read_label_file
-from azaion_training.layout import Layout
+from azaion_training.layout import DatasetDir, Layout
+from azaion_training.lifecycle.weights import resolve_training_model
 from azaion_training.settings import Settings
 from azaion_training.training.train import TrainRequest, model_source, use_amp
 
 GIB = 1024**3
-SPLITS = ("train", "valid")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+TRAINING_SPLITS = ("train", "valid")  # the splits training cannot do without
 
 
 @dataclass
@@ -31,8 +31,8 @@ def check_dataset(dataset: Path) -> Check:
     if not (dataset / "data.yaml").is_file():
         return Check("dataset", False, f"{dataset / 'data.yaml'} is missing")
     counts, bad = {}, []
-    for split in SPLITS:
-        images = [p for p in (dataset / split / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+    for split in TRAINING_SPLITS:
+        images = DatasetDir(dataset).images(split)
         counts[split] = len(images)
         for image in images:
             label = label_path_for(image)
@@ -47,6 +47,15 @@ def check_dataset(dataset: Path) -> Check:
         problems += [f"{len(bad)} invalid label(s), e.g. {bad[0]}"] if bad else []
         return Check("dataset", False, f"{dataset.name}: " + "; ".join(problems))
     return Check("dataset", True, f"{dataset.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+def check_data_to_form(layout: Layout) -> Check:
+    """Without --dataset, `azaion train` forms a new dataset from data/: check that there is
+    something to form it from (formation itself checks every pair)."""
+    labels = sum(1 for _ in layout.data.labels.glob("*.txt")) if layout.data.labels.is_dir() else 0
+    if not labels:
+        return Check("dataset", False, f"no --dataset and {layout.data.root} has no annotations to form one from")
+    return Check("dataset", True, f"a new dataset will be formed from {labels} annotations in {layout.data.root}")
 
 
 def check_weights(spec: str) -> tuple[Check, Any]:
@@ -149,20 +158,20 @@ def check_disk(models: Path, needed: int, override_gib: float | None) -> Check:
 
 
 def preflight(settings: Settings, request: TrainRequest, min_free_gib: float | None = None) -> list[Check]:
-    from azaion_training.dataset.form import latest_dataset, resolve_dataset
+    from azaion_training.dataset.form import resolve_dataset
 
     layout = Layout(settings.paths)
-    cfg = settings.training
-    device = request.device if request.device is not None else cfg.device
-    batch, imgsz, epochs = request.batch or cfg.batch_size, request.imgsz or cfg.imgsz, request.epochs or cfg.epochs
+    cfg = request.training_settings(settings)
+    # missing base weights are a setup step, not a no-go: ConfigError naming `azaion weights pull`
+    spec = str(request.from_weights) if request.from_weights else resolve_training_model(cfg.model, layout)
+    device, batch, imgsz, epochs = cfg.device, cfg.batch_size, cfg.imgsz, cfg.epochs
     checks = []
     try:
-        dataset = resolve_dataset(request.dataset, layout) if request.dataset else latest_dataset(layout)
-        checks.append(check_dataset(dataset) if dataset else
-                      Check("dataset", True, f"none formed yet: `azaion train` forms one from {layout.data.root}"))
+        checks.append(check_dataset(resolve_dataset(request.dataset, layout)) if request.dataset
+                      else check_data_to_form(layout))
     except AzaionError as exc:
         checks.append(Check("dataset", False, str(exc)))
-    weights_check, model = check_weights(str(request.from_weights) if request.from_weights else cfg.model)
+    weights_check, model = check_weights(spec)
     checks.append(weights_check)
     checks.append(check_device(device))
     if model is not None and checks[-1].ok:

@@ -3,8 +3,9 @@
 Three explicit modes: a new run from `TRAINING_MODEL` (a local .pt or a model yaml), a
 fine-tune (`--from PATH`: a new run that starts from those weights), and a resume
 (`--resume [RUN]`: continues an interrupted run from its `last.pt` with its epoch count and
-schedule intact). Every run keeps a JSON record (`<run>/run.json`, mirrored to
-`models/latest_run.json`); a finished run's best.pt becomes `models/azaion.pt`.
+schedule intact). Every run keeps its record (`<run>/run.json`, a `RunRecord`: lineage,
+hyperparameters, metrics; docs/model-registry.md); a finished run's best.pt becomes
+`models/azaion.pt`.
 
 SIGTERM stops the run cleanly: the current batch ends, the epoch is validated and saved to
 `last.pt`, and the process exits 143 before Ultralytics' final evaluation (which would strip
@@ -25,16 +26,15 @@ from typing import Any
 
 from azaion_training.errors import AzaionError, ConfigError, InputError, OperationFailed
 from azaion_training.fsutil import atomic_write_text, atomic_writer
-from azaion_training.layout import Layout
+from azaion_training.layout import DatasetDir, Layout
+from azaion_training.lifecycle.weights import resolve_training_model
 from azaion_training.locks import InstanceLock
 from azaion_training.logs import get_logger, log
-from azaion_training.settings import Settings
+from azaion_training.settings import Settings, TrainingSettings, overridden
+from azaion_training.training.runs import RUN_PREFIX, RunRecord, find_run, run_of_weights
 
 logger = get_logger("training")
 
-RUN_PREFIX = "azaion-"
-RUN_RECORD = "run.json"
-LATEST_RUN_RECORD = "latest_run.json"
 CHECKPOINT_STAMP = "checkpoint.txt"
 METRIC_KEYS = {
     "metrics/precision(B)": "precision",
@@ -77,6 +77,12 @@ class TrainRequest:
     # Extra Ultralytics train() arguments (optimizer, lr0, augmentation...), e.g. the demo's
     # tuning for a short CPU run; they override the arguments derived from the settings.
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    run_name: str | None = None  # a name picked by the caller (the cycle); default the next free one
+
+    def training_settings(self, settings: Settings) -> TrainingSettings:
+        """settings.training with this request's values in place (InputError on a bad one)."""
+        return overridden(settings.training, epochs=self.epochs, batch_size=self.batch, imgsz=self.imgsz,
+                          device=self.device)
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -131,7 +137,7 @@ def next_run_name(models: Path, today: date | None = None) -> str:
 
 def use_amp(device: str) -> bool:
     """AMP only on a GPU and only when Ultralytics' AMP check can run offline: it needs a local
-    yolo26n.pt in its weights dir and would otherwise try to download one (design.md §4)."""
+    yolo26n.pt in its weights dir and would otherwise try to download one."""
     if device == "cpu":
         return False
     import torch
@@ -150,13 +156,13 @@ def use_amp(device: str) -> bool:
 def train_arguments(settings: Settings, layout: Layout, request: TrainRequest, data_yaml: Path,
                     run_name: str) -> dict[str, Any]:
     """The Ultralytics train() arguments of a new run (also used by the overhead benchmark)."""
-    cfg = settings.training
-    device = request.device if request.device is not None else cfg.device
+    cfg = request.training_settings(settings)
+    device = cfg.device
     return {
         "data": str(data_yaml.absolute()),
-        "epochs": request.epochs or cfg.epochs,
-        "batch": request.batch or cfg.batch_size,
-        "imgsz": request.imgsz or cfg.imgsz,
+        "epochs": cfg.epochs,
+        "batch": cfg.batch_size,
+        "imgsz": cfg.imgsz,
         "device": device or None,
         "workers": cfg.workers,
         "save_period": cfg.save_period,
@@ -165,6 +171,7 @@ def train_arguments(settings: Settings, layout: Layout, request: TrainRequest, d
         "exist_ok": True,  # run_name is fresh (next_run_name under the training lock); run.json is already there
         "amp": use_amp(device),
         "plots": cfg.plots,
+        "cache": False if cfg.cache == "none" else cfg.cache,  # TRAINING_CACHE (README: Training)
         "verbose": False,
         **request.hyperparameters,
     }
@@ -173,17 +180,26 @@ def train_arguments(settings: Settings, layout: Layout, request: TrainRequest, d
 # ---------------------------------------------------------------------------------------- records
 
 
-def read_run_record(run_dir: Path) -> dict[str, Any] | None:
+def split_generation(dataset: Path) -> int | None:
+    """The split assignment generation recorded in the dataset's manifest.json (None: unknown)."""
     try:
-        return json.loads((run_dir / RUN_RECORD).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        value = json.loads(DatasetDir(dataset).manifest.read_text(encoding="utf-8")).get("split_generation")
+    except (OSError, ValueError, AttributeError):
         return None
+    return value if isinstance(value, int) else None
 
 
-def write_run_record(layout: Layout, run_dir: Path, record: dict[str, Any]) -> None:
-    text = json.dumps(record, indent=2, default=str) + "\n"
-    atomic_write_text(run_dir / RUN_RECORD, text)
-    atomic_write_text(layout.models / LATEST_RUN_RECORD, text)
+def warn_older_generation(parent: RunRecord | None, generation: int | None) -> str | None:
+    """Fine-tuning a model trained under an older split generation: its valid/test frames may
+    be in the parent's training data, so the new run's metrics are not comparable."""
+    if parent is None or generation is None or parent.split_generation is None \
+            or parent.split_generation >= generation:
+        return None
+    message = (f"fine-tuning from {parent.run} (split generation {parent.split_generation}) on a dataset of "
+               f"generation {generation}: models trained before it saw today's valid/test data")
+    log(logger, logging.WARNING, message, parent=parent.run, parent_generation=parent.split_generation,
+        generation=generation)
+    return message
 
 
 def _now() -> str:
@@ -234,7 +250,8 @@ class _EpochLogger:
         self.final_metrics = metrics
 
     def on_model_save(self, trainer: Any) -> None:
-        if self.stop_requested:
+        # after the last epoch's save nothing is left to resume: let Ultralytics finish the run
+        if self.stop_requested and trainer.epoch + 1 < trainer.epochs:
             self.checkpoint_saved = True
             raise _StopAfterCheckpoint
 
@@ -260,44 +277,44 @@ def _install_best(layout: Layout, best: Path) -> None:
         shutil.copyfileobj(source, target, 1 << 20)
 
 
-def _run(layout: Layout, run_dir: Path, record: dict[str, Any], model: Any, arguments: dict[str, Any]) -> TrainResult:
+def _run(layout: Layout, record: RunRecord, model: Any, arguments: dict[str, Any]) -> TrainResult:
+    run_dir = record.path
     epoch_logger = _EpochLogger(run_dir.name)
     epoch_logger.attach(model)
     started = time.monotonic()
-    record.update(status="running", started=_now(), pid=os.getpid())
+    record.status, record.started, record.pid, record.error = "running", _now(), os.getpid(), None
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_record(layout, run_dir, record)
+    record.save()
     try:
         _fit(model, arguments, epoch_logger)
     except BaseException as exc:
-        record.update(status="failed", error=str(exc)[:500], ended=_now(), epochs_done=_completed_epochs(run_dir))
-        write_run_record(layout, run_dir, record)
+        record.status, record.error, record.ended = "failed", str(exc)[:500], _now()
+        record.epochs_done = _completed_epochs(run_dir)
+        record.save()
         raise
     interrupted = epoch_logger.checkpoint_saved
-    best = run_dir / "weights" / "best.pt"
-    record.update(
-        status="interrupted" if interrupted else "finished",
-        ended=_now(),
-        duration_s=round(record.get("duration_s", 0.0) + time.monotonic() - started, 1),
-        epochs_done=_completed_epochs(run_dir),
-        metrics=epoch_logger.final_metrics,
-        best=str(best) if best.is_file() else None,
-        last=str(run_dir / "weights" / "last.pt"),
-    )
+    best = record.best_weights
+    record.status = "interrupted" if interrupted else "finished"
+    record.ended = _now()
+    record.duration_s = round(record.duration_s + time.monotonic() - started, 1)
+    record.epochs_done = _completed_epochs(run_dir)
+    record.metrics = epoch_logger.final_metrics
+    record.best = str(best) if best.is_file() else None
+    record.last = str(record.last_weights)
     if not interrupted:
         if not best.is_file():
             raise OperationFailed(f"training of {run_dir.name} ended without {best}")
         _install_best(layout, best)
-        atomic_write_text(layout.models / CHECKPOINT_STAMP, record["ended"] + "\n")
-        record["installed_as"] = str(layout.current_pt)
-    write_run_record(layout, run_dir, record)
-    log(logger, logging.INFO, f"training {record['status']}", run=run_dir.name, epochs_done=record["epochs_done"],
-        epochs=record["epochs"], **epoch_logger.final_metrics)
+        atomic_write_text(layout.models / CHECKPOINT_STAMP, record.ended + "\n")
+        record.installed_as = str(layout.current_pt)
+    record.save()
+    log(logger, logging.INFO, f"training {record.status}", run=run_dir.name, epochs_done=record.epochs_done,
+        epochs=record.epochs, **epoch_logger.final_metrics)
     if interrupted:
-        raise TrainingInterrupted(f"training stopped by SIGTERM after saving {record['last']} "
-                                  f"({record['epochs_done']} of {record['epochs']} epochs); "
+        raise TrainingInterrupted(f"training stopped by SIGTERM after saving {record.last} "
+                                  f"({record.epochs_done} of {record.epochs} epochs); "
                                   f"continue with `azaion train --resume {run_dir.name}`")
-    return TrainResult(run_dir, record["status"], record["epochs_done"], record["epochs"], record["metrics"], best)
+    return TrainResult(run_dir, record.status, record.epochs_done, record.epochs, record.metrics, best)
 
 
 def training_lock(layout: Layout) -> InstanceLock:
@@ -308,42 +325,30 @@ def train(settings: Settings, request: TrainRequest) -> TrainResult:
     """A new run: from TRAINING_MODEL, or a fine-tune from `request.from_weights`."""
     layout = Layout(settings.paths)
     layout.init()
-    source = model_source(str(request.from_weights) if request.from_weights else settings.training.model)
+    source = model_source(str(request.from_weights) if request.from_weights
+                          else resolve_training_model(settings.training.model, layout))
     with training_lock(layout):
         data_yaml = dataset_yaml(settings, layout, request.dataset)
-        run_name = next_run_name(layout.models)
+        run_name = request.run_name or next_run_name(layout.models)
+        if (layout.models / run_name).exists():
+            raise InputError(f"training run {run_name!r} already exists in {layout.models}")
         arguments = train_arguments(settings, layout, request, data_yaml, run_name)
         from ultralytics import YOLO
 
-        record = {
-            "run": run_name, "mode": "fine-tune" if request.from_weights else "new", "model": source,
-            "dataset": str(data_yaml.parent), "epochs": arguments["epochs"], "batch": arguments["batch"],
-            "imgsz": arguments["imgsz"], "device": arguments["device"] or "auto", "command": sys.argv[1:],
-        }
-        log(logger, logging.INFO, "training started", **{k: record[k] for k in ("run", "mode", "model", "dataset")})
-        return _run(layout, layout.models / run_name, record, YOLO(source), arguments)
+        parent = run_of_weights(layout, request.from_weights) if request.from_weights else None
+        record = RunRecord(
+            run=run_name, path=layout.model_run_dir(run_name), mode="fine-tune" if request.from_weights else "new",
+            model=source, parent=parent.run if parent else None, dataset=str(data_yaml.parent),
+            split_generation=split_generation(data_yaml.parent), epochs=arguments["epochs"],
+            batch=arguments["batch"], imgsz=arguments["imgsz"], device=arguments["device"] or "auto",
+            hyperparameters=dict(request.hyperparameters), command=sys.argv[1:])
+        warn_older_generation(parent, record.split_generation)
+        log(logger, logging.INFO, "training started", run=record.run, mode=record.mode, model=record.model,
+            parent=record.parent, dataset=record.dataset, split_generation=record.split_generation)
+        return _run(layout, record, YOLO(source), arguments)
 
 
 # ---------------------------------------------------------------------------------------- resume
-
-
-def find_run(layout: Layout, run: str | None) -> Path:
-    """The named run, else the latest recorded one, else the newest run directory."""
-    if run:
-        run_dir = layout.model_run_dir(run)
-        if not run_dir.is_dir():
-            raise InputError(f"training run {run!r} not found in {layout.models}")
-        return run_dir
-    latest = layout.models / LATEST_RUN_RECORD
-    if latest.is_file():
-        name = json.loads(latest.read_text(encoding="utf-8")).get("run", "")
-        if name and (layout.models / name).is_dir():
-            return layout.model_run_dir(name)
-    runs = sorted((p for p in layout.models.glob(f"{RUN_PREFIX}*") if (p / "weights").is_dir()),
-                  key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise InputError(f"no training run to resume in {layout.models}: start one with `azaion train`")
-    return runs[-1]
 
 
 def resumable_checkpoint(run_dir: Path) -> tuple[Path, int, int]:
@@ -353,7 +358,8 @@ def resumable_checkpoint(run_dir: Path) -> tuple[Path, int, int]:
     last = run_dir / "weights" / "last.pt"
     if not last.is_file():
         raise InputError(f"run {run_dir.name} has no checkpoint {last}: nothing to resume; start a new run")
-    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    # bandit B614: our own run's checkpoint, written by this service; Ultralytics checkpoints pickle objects
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)  # nosec B614
     epochs = int((checkpoint.get("train_args") or {}).get("epochs", 0))
     done = int(checkpoint.get("epoch", -1)) + 1
     # Ultralytics strips the optimizer from last.pt (and sets epoch -1) when a run ends.
@@ -364,18 +370,18 @@ def resumable_checkpoint(run_dir: Path) -> tuple[Path, int, int]:
     return last, done, epochs
 
 
-def resume(settings: Settings, run: str | None = None, device: str | None = None) -> TrainResult:
+def resume(settings: Settings, run: str | Path | None = None, device: str | None = None) -> TrainResult:
+    """Continue an interrupted run (a name under models/ or a run directory; default the latest)."""
     layout = Layout(settings.paths)
     with training_lock(layout):
-        run_dir = find_run(layout, run)
-        last, done, epochs = resumable_checkpoint(run_dir)
+        record = find_run(layout, run)
+        last, done, epochs = resumable_checkpoint(record.path)
         from ultralytics import YOLO
 
-        record = read_run_record(run_dir) or {"run": run_dir.name, "epochs": epochs}
-        record.update(mode="resume", resumed_from_epoch=done, command=sys.argv[1:])
-        record.pop("error", None)
+        record.epochs = record.epochs or epochs
+        record.resumed_from_epoch, record.command = done, sys.argv[1:]
         arguments = {"resume": True, "verbose": False}
         if device is not None:
             arguments["device"] = device
-        log(logger, logging.INFO, "resuming training", run=run_dir.name, epochs_done=done, epochs=epochs)
-        return _run(layout, run_dir, record, YOLO(str(last)), arguments)
+        log(logger, logging.INFO, "resuming training", run=record.run, epochs_done=done, epochs=epochs)
+        return _run(layout, record, YOLO(str(last)), arguments)

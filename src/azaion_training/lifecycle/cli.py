@@ -1,0 +1,209 @@
+"""`azaion models list|show|promote|rollback`, `azaion evaluate` and `azaion cycle`: argument
+parsing and printing only."""
+
+from typing import Any
+
+import typer
+
+from azaion_training.cli_support import console, layout, print_json, settings
+from azaion_training.errors import OperationFailed
+
+commands = typer.Typer()  # cli.py merges every stage's `commands` into `azaion`
+models_app = typer.Typer(no_args_is_help=True, help="The model registry: versions, promotions, rollback.")
+commands.add_typer(models_app, name="models")
+
+TARGET_HELP = "azaion (Azaion API + CDN), or local:DIR."
+
+
+def _figure(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _promoted(version: dict[str, Any]) -> str:
+    done = [e for e in version["promotions"] if e.get("action") in ("promote", "rollback")]
+    if not done:
+        return "-"
+    last = done[-1]
+    where = last["target"] + (" (production)" if last["target"] in version["production_on"] else "")
+    return f"{where} {last['at']}" + (" forced" if last.get("forced") else "") + \
+        (" rollback" if last["action"] == "rollback" else "")
+
+
+@models_app.command("list")
+def list_command(as_json: bool = typer.Option(False, "--json", help="Print the versions as JSON.")) -> None:
+    """Every training run as a version: status, dataset, parent, mAP50, mAP50-95, promotions."""
+    from rich.table import Table
+
+    from azaion_training.lifecycle.registry import list_versions
+
+    versions = list_versions(layout())
+    if as_json:
+        print_json(versions)
+        return
+    table = Table("run", "status", "dataset", "parent", "mAP50", "mAP50-95", "promoted", title="Model versions")
+    for v in versions:
+        table.add_row(v["run"], v["status"], v["dataset"] or "-", v["parent"] or v["base"] or "-",
+                      _figure(v["mAP50"]), _figure(v["mAP50-95"]), _promoted(v))
+    console.print(table)
+
+
+@models_app.command("show")
+def show_command(run: str = typer.Argument(..., help="A run name under models/ or a run directory."),
+                 as_json: bool = typer.Option(False, "--json", help="Print the version as JSON.")) -> None:
+    """One version: lineage, hyperparameters, metrics, ONNX + sha256, promotions."""
+    from azaion_training.lifecycle.registry import show_version
+
+    version = show_version(layout(), run)
+    if as_json:
+        print_json(version)
+        return
+    for key, value in version.items():
+        if key == "promotions":
+            continue
+        console.print(f"[bold]{key}[/bold]: {'-' if value in (None, '', [], {}) else value}", highlight=False,
+                      soft_wrap=True)
+    for event in version["promotions"]:
+        gate = event.get("gate") or {}
+        console.print(f"[bold]{event['action']}[/bold] {event['target']} at {event['at']} by {event['by']}"
+                      + (" (forced)" if event.get("forced") else "")
+                      + (f", gate passed={gate.get('passed')}" if gate else ""), highlight=False, soft_wrap=True)
+
+
+def _print_comparison(comparison) -> None:
+    from rich.table import Table
+
+    from azaion_training.lifecycle.evaluate import METRICS
+
+    base = comparison.baseline
+    title = (f"{comparison.candidate.run} vs {base.run if base else '(no baseline)'} on "
+             f"{comparison.dataset} [{comparison.split}, {comparison.images} images, imgsz {comparison.imgsz}]")
+    table = Table("metric", "candidate", "baseline", "difference", title=title)
+    for key in METRICS:
+        table.add_row(key, _figure(comparison.candidate.metrics[key]),
+                      _figure(base.metrics[key] if base else None), _figure(comparison.delta(key)))
+    table.add_row("ONNX ms/image", _figure(comparison.candidate.ms_per_image),
+                  _figure(base.ms_per_image if base else None),
+                  _figure(round(comparison.candidate.ms_per_image - base.ms_per_image, 2)
+                          if base and base.ms_per_image is not None and comparison.candidate.ms_per_image is not None
+                          else None))
+    classes = sorted(set(comparison.candidate.per_class) | set(base.per_class if base else {}))
+    for name in classes:
+        mine = comparison.candidate.per_class.get(name)
+        theirs = base.per_class.get(name) if base else None
+        table.add_row(f"AP50 {name}", _figure(mine), _figure(theirs),
+                      _figure(round(mine - theirs, 4) if mine is not None and theirs is not None else None))
+    console.print(table)
+
+
+@commands.command("evaluate")
+def evaluate_command(
+    candidate: str = typer.Option(..., "--candidate", help="The run to evaluate (name or directory)."),
+    baseline: str | None = typer.Option(None, "--baseline", help="A run, or 'production' (on --target)."),
+    target: str = typer.Option("azaion", "--target", help="With --baseline production: " + TARGET_HELP),
+    dataset: str | None = typer.Option(None, "--dataset", help="Dataset name or path (default: the candidate's)."),
+    split: str = typer.Option("test", "--split", help="train, valid or test."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+) -> None:
+    """Candidate and baseline through the same evaluation on the same split, side by side."""
+    from azaion_training.errors import InputError
+    from azaion_training.lifecycle.evaluate import compare
+    from azaion_training.lifecycle.registry import production, target_key
+    from azaion_training.training.runs import find_run
+
+    if split not in ("train", "valid", "test"):
+        raise InputError(f"--split {split!r}: use train, valid or test")
+    tree = layout()
+    base = None
+    if baseline == "production":
+        name = production(tree, target_key(target))
+        if name is None:
+            raise InputError(f"nothing is promoted on {target_key(target)}: no production baseline")
+        base = find_run(tree, name)
+    elif baseline is not None:
+        base = find_run(tree, baseline)
+    comparison = compare(settings(), find_run(tree, candidate), base, dataset, split)
+    if as_json:
+        print_json(comparison.to_dict())
+    else:
+        _print_comparison(comparison)
+
+
+@models_app.command("promote")
+def promote_command(
+    run: str = typer.Argument(..., help="The run to promote (name or directory)."),
+    target: str = typer.Option("azaion", "--target", help=TARGET_HELP),
+    min_delta: float | None = typer.Option(None, "--min-delta", min=-1.0, max=1.0,
+                                           help="Publish if candidate mAP50 >= production - D (default "
+                                                "PROMOTION_MIN_DELTA; negative: require an improvement)."),
+    force: bool = typer.Option(False, "--force", help="Skip the gate (recorded as forced)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
+) -> None:
+    """Export (once), evaluate against production on the target, publish only if the gate passes."""
+    promote_and_report(run, target, min_delta, force, as_json)
+
+
+def promote_and_report(run: str, target: str, min_delta: float | None = None, force: bool = False,
+                       as_json: bool = False) -> None:
+    """Promote through the gate and print the decision; a refusal exits 1 (also `azaion train --publish`)."""
+    from azaion_training.lifecycle.promote import promote
+
+    decision = promote(settings(), run, target, min_delta, force)
+    if as_json:
+        print_json(decision.to_dict())
+    elif decision.comparison is not None:
+        _print_comparison(decision.comparison)
+    if decision.action == "refused":
+        comparison = decision.comparison
+        raise OperationFailed(f"promotion of {run} refused: candidate mAP50 "
+                              f"{comparison.candidate.metrics['mAP50']:.4f} < production {decision.production} "
+                              f"mAP50 {comparison.baseline.metrics['mAP50']:.4f} - {decision.min_delta}; "
+                              f"the published model on {decision.target} is unchanged (override with --force)")
+    if not as_json:
+        message = {"unchanged": f"{run} already is production on {decision.target}: nothing published",
+                   "promote": f"[green]promoted[/green] {run} to {decision.target}"
+                              + (" (forced, gate skipped)" if decision.forced else "")
+                              + (f", replacing {decision.production}" if decision.production else " (first)")}
+        console.print(message[decision.action], highlight=False, soft_wrap=True)
+
+
+@models_app.command("rollback")
+def rollback_command(target: str = typer.Option("azaion", "--target", help=TARGET_HELP),
+                     as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON.")) -> None:
+    """Re-publish the version promoted before the current one, and record it."""
+    from azaion_training.lifecycle.promote import rollback
+
+    decision = rollback(settings(), target)
+    if as_json:
+        print_json(decision.to_dict())
+    else:
+        console.print(f"rolled back {decision.target}: {decision.run} is production again "
+                      f"(replacing {decision.production})", highlight=False, soft_wrap=True)
+
+
+@commands.command("cycle")
+def cycle_command(
+    once: bool = typer.Option(False, "--once", help="One cycle, then exit (the default)."),
+    watch: bool = typer.Option(False, "--watch", help="A cycle every --interval seconds until stopped."),
+    interval: float | None = typer.Option(None, "--interval", min=1, help="Seconds; default CYCLE_INTERVAL_S."),
+    min_new: int | None = typer.Option(None, "--min-new", min=1, help="Default CYCLE_MIN_NEW."),
+    target: str = typer.Option("azaion", "--target", help=TARGET_HELP),
+) -> None:
+    """Continuous training: form, fine-tune from production, export, evaluate, promote through the gate."""
+    from azaion_training.errors import InputError
+    from azaion_training.lifecycle.cycle import run_cycle
+    from azaion_training.lifecycle.cycle import watch as watch_cycles
+
+    if once and watch:
+        raise InputError("--once and --watch exclude each other")
+    if watch:
+        watch_cycles(settings(), target, min_new, interval or settings().lifecycle.cycle_interval_s)
+        return
+    outcome = run_cycle(settings(), target, min_new)
+    if outcome["action"] == "skipped":
+        console.print(f"cycle skipped: {outcome['new']} new validated annotations, {outcome['min_new']} needed",
+                      highlight=False)
+        return
+    # a refusal is a normal outcome of the loop (exit 0): the history records it
+    console.print(f"cycle done: dataset {outcome['dataset']}, run {outcome['run']}, decision {outcome['action']}"
+                  + (f" (production on {outcome['target']} unchanged)" if outcome["action"] == "refused" else ""),
+                  highlight=False, soft_wrap=True)

@@ -1,0 +1,190 @@
+"""`azaion cycle`: continuous training (docs/model-registry.md).
+
+When at least `min_new` validated annotations were added to data/ since the last cycle's
+dataset: form a dataset (sticky splits), fine-tune from the production model on the target
+(TRAINING_MODEL when nothing is promoted yet), export with the parity check, evaluate and
+promote through the gate, and record the decision. One cycle at a time per root (a lock); the
+step in progress is kept in `models/cycle/state.json`, so a crash or SIGTERM resumes it on the
+next start (training through `--resume`). Finished cycles are appended to
+`models/cycle/history.jsonl`. Every step logs one JSON line.
+"""
+
+import json
+import logging
+import os
+import signal
+import threading
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from azaion_training.fsutil import atomic_write_text
+from azaion_training.layout import Layout
+from azaion_training.lifecycle.registry import production, target_key
+from azaion_training.locks import InstanceLock
+from azaion_training.logs import get_logger, log
+from azaion_training.settings import Settings, overridden
+
+logger = get_logger("lifecycle.cycle")
+
+FORM, TRAIN, PROMOTE = "form", "train", "promote"
+
+
+@dataclass
+class CycleState:
+    cycle: str  # when it started (UTC), its id
+    target: str
+    data_count: int  # validated annotations in data/ when it started
+    new: int  # of which new since the last cycle
+    step: str = FORM
+    dataset: str | None = None
+    run: str | None = None
+    base: str | None = None  # the weights the run starts from (production's best.pt); None: TRAINING_MODEL
+    parent: str | None = None  # the production run it fine-tunes
+
+
+def cycle_dir(layout: Layout) -> Path:
+    return layout.models / "cycle"
+
+
+def _state_path(layout: Layout) -> Path:
+    return cycle_dir(layout) / "state.json"
+
+
+def load_state(layout: Layout) -> CycleState | None:
+    path = _state_path(layout)
+    if not path.is_file():
+        return None
+    return CycleState(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def _save(layout: Layout, state: CycleState) -> None:
+    atomic_write_text(_state_path(layout), json.dumps(asdict(state), indent=2) + "\n")
+
+
+def cycle_history(layout: Layout) -> list[dict[str, Any]]:
+    path = cycle_dir(layout) / "history.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _append_history(layout: Layout, entry: dict[str, Any]) -> None:
+    path = cycle_dir(layout) / "history.jsonl"
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, default=str) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def validated_count(layout: Layout) -> int:
+    """Validated annotations: label files in data/ (one per annotation)."""
+    if not layout.data.labels.is_dir():
+        return 0
+    with os.scandir(layout.data.labels) as entries:
+        return sum(1 for e in entries if e.name.endswith(".txt") and not e.name.startswith("."))
+
+
+def _step(state: CycleState, step: str, **context: Any) -> None:
+    state.step = step
+    log(logger, logging.INFO, "cycle step", cycle=state.cycle, step=step, **context)
+
+
+def cycle_lock(layout: Layout) -> InstanceLock:
+    return InstanceLock(layout.lock_file("cycle"), "cycle")
+
+
+def run_cycle(settings: Settings, target: str = "azaion", min_new: int | None = None) -> dict[str, Any]:
+    """One cycle (or the rest of an interrupted one); returns what it did."""
+    layout = Layout(settings.paths)
+    layout.init()
+    min_new = overridden(settings.lifecycle, cycle_min_new=min_new).cycle_min_new
+    with cycle_lock(layout):
+        state = load_state(layout)
+        if state is None:
+            count = validated_count(layout)
+            history = [h for h in cycle_history(layout) if h.get("dataset")]
+            new = count - (history[-1]["data_count"] if history else 0)
+            if new < min_new:
+                log(logger, logging.INFO, "cycle skipped: not enough new annotations", new=new, min_new=min_new,
+                    validated=count)
+                return {"action": "skipped", "new": new, "min_new": min_new, "validated": count}
+            state = CycleState(datetime.now(UTC).isoformat(timespec="seconds"), target_key(target), count, new)
+            cycle_dir(layout).mkdir(parents=True, exist_ok=True)
+            _step(state, FORM, new=new, validated=count, target=state.target)
+            _save(layout, state)
+        else:
+            log(logger, logging.INFO, "cycle resumed", cycle=state.cycle, step=state.step, run=state.run)
+        if state.step == FORM:
+            _form(settings, layout, state)
+        if state.step == TRAIN:
+            _train(settings, layout, state)
+        decision = _promote(settings, state)
+        entry = {**asdict(state), "ended": datetime.now(UTC).isoformat(timespec="seconds"), **decision}
+        entry.pop("step")
+        _append_history(layout, entry)
+        _state_path(layout).unlink()
+        log(logger, logging.INFO, "cycle done", cycle=state.cycle, run=state.run, decision=decision["action"])
+        return entry
+
+
+def _form(settings: Settings, layout: Layout, state: CycleState) -> None:
+    from azaion_training.dataset.form import form_dataset
+    from azaion_training.lifecycle.weights import resolve_training_model
+    from azaion_training.training.runs import find_run
+    from azaion_training.training.train import model_source
+
+    current = production(layout, state.target)
+    if current is None:
+        model_source(resolve_training_model(settings.training.model, layout))  # missing: fails before any work
+    else:
+        state.parent, state.base = current, str(find_run(layout, current).best_weights)
+    formed = form_dataset(settings, progress=False)
+    state.dataset = str(formed.path)
+    _step(state, TRAIN, dataset=formed.path.name, sources=formed.sources, parent=state.parent)
+    _save(layout, state)
+
+
+def _train(settings: Settings, layout: Layout, state: CycleState) -> None:
+    from azaion_training.training.runs import RunRecord, is_run_dir
+    from azaion_training.training.train import TrainRequest, next_run_name, resume, train
+
+    if state.run is not None and (layout.models / state.run / "weights" / "last.pt").is_file():
+        if RunRecord.load(layout.models / state.run).status != "finished":
+            resume(settings, state.run)
+    else:
+        if state.run is None or is_run_dir(layout.models / state.run):  # killed before its first checkpoint
+            state.run = next_run_name(layout.models)
+            _save(layout, state)
+        request = TrainRequest(dataset=state.dataset, from_weights=Path(state.base) if state.base else None,
+                               run_name=state.run)
+        train(settings, request)
+    _step(state, PROMOTE, run=state.run)
+    _save(layout, state)
+
+
+def _promote(settings: Settings, state: CycleState) -> dict[str, Any]:
+    from azaion_training.lifecycle.promote import promote
+
+    decision = promote(settings, state.run, target=state.target)
+    comparison = decision.comparison
+    return {"action": decision.action, "production_before": decision.production,
+            "gate": decision.event.get("gate") if decision.event else None,
+            "candidate_mAP50": comparison.candidate.metrics["mAP50"] if comparison else None}
+
+
+def watch(settings: Settings, target: str, min_new: int | None, interval_s: float) -> None:
+    """A cycle every `interval_s` seconds until SIGTERM or SIGINT (between cycles: exits at once;
+    during one: as a single cycle does)."""
+    stop = threading.Event()
+    while True:
+        run_cycle(settings, target, min_new)
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            log(logger, logging.INFO, "cycle sleeping", seconds=interval_s)
+            if stop.wait(interval_s):
+                log(logger, logging.INFO, "cycle watch stopped")
+                return
+        finally:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,27 @@
+"""`azaion weights pull NAME`: base weights into models/base/ (lifecycle/weights.py)."""
+
+import typer
+
+from azaion_training.cli_support import console, print_json, settings
+
+commands = typer.Typer()  # cli.py merges every stage's `commands` into `azaion`
+weights_app = typer.Typer(no_args_is_help=True, help="Base weights for training (models/base/).")
+commands.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("pull")
+def pull_command(name: str = typer.Argument(..., help="Weights file name, e.g. yolo26m.pt."),
+                 as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
+    """Download NAME from WEIGHTS_BASE_URL into models/base/NAME (once; checked to load as a
+    checkpoint). A bare TRAINING_MODEL such as yolo26m.pt then resolves there."""
+    from azaion_training.lifecycle.weights import pull
+
+    result = pull(settings(), name)
+    if as_json:
+        print_json(result.to_dict())
+    elif result.downloaded:
+        console.print(f"pulled {name} from {result.source}: {result.path} ({result.size / 1e6:.1f} MB, "
+                      f"sha256 {result.sha256})", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"{name} is already present: {result.path} (nothing downloaded)", highlight=False,
+                      soft_wrap=True)

@@ -1,0 +1,152 @@
+"""The dataset browser's index: each formed dataset's images with the classes of their boxes,
+read once (manifest.json, then every label file) and kept in memory until the dataset's
+manifest or data.yaml changes. Pages and image requests only look names up here."""
+
+import json
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from azaion_training.dataset.split import SPLITS
+from azaion_training.dataset.stats import dataset_stats
+from azaion_training.images import IMAGE_SUFFIXES
+from azaion_training.labels import LabelError, label_classes, label_path_for
+from azaion_training.layout import Layout, is_safe_name
+
+
+@dataclass(frozen=True)
+class Item:
+    split: str
+    image: str  # the image's file name in <split>/images/
+    classes: tuple[int, ...]  # one per box (empty: no boxes, or an unreadable label)
+
+    @property
+    def relative(self) -> str:
+        return f"{self.split}/images/{self.image}"
+
+
+@dataclass
+class DatasetIndex:
+    name: str
+    path: Path
+    signature: tuple
+    summary: dict[str, Any]  # created, seed, images/sources per split, class histogram per split
+    items: list[Item] = field(default_factory=list)
+    by_file: dict[tuple[str, str], Item] = field(default_factory=dict)
+    _filtered: dict[tuple[str, int | None], list[Item]] = field(default_factory=dict)
+
+    def select(self, split: str, cls: int | None) -> list[Item]:
+        key = (split, cls)
+        if key not in self._filtered:
+            self._filtered[key] = [i for i in self.items if (not split or i.split == split)
+                                   and (cls is None or cls in i.classes)]
+        return self._filtered[key]
+
+    def image_path(self, split: str, image: str) -> Path | None:
+        """The file of a listed image; None for anything the index does not hold."""
+        item = self.by_file.get((split, image))
+        return None if item is None else self.path / item.relative
+
+    def label_path(self, split: str, image: str) -> Path | None:
+        path = self.image_path(split, image)
+        return None if path is None else label_path_for(path)
+
+
+def _signature(path: Path) -> tuple:
+    return tuple(os.stat(p).st_mtime_ns if p.exists() else None
+                 for p in (path, path / "data.yaml", path / "manifest.json"))
+
+
+def _manifest_images(manifest: dict) -> Iterator[tuple[str, str]]:
+    for entry in manifest.get("files", ()):
+        split, kind, image = (entry.get("path", "").split("/") + ["", "", ""])[:3]
+        if kind == "images" and split in SPLITS:
+            yield split, image
+
+
+def _listed_images(path: Path) -> Iterator[tuple[str, str]]:
+    for split in SPLITS:
+        images = path / split / "images"
+        if images.is_dir():
+            with os.scandir(images) as entries:
+                for entry in sorted(entries, key=lambda e: e.name):
+                    if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                        yield split, entry.name
+
+
+def _classes(label: Path) -> tuple[int, ...]:
+    try:
+        return label_classes(label.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, LabelError):
+        return ()
+
+
+def _summary(path: Path, manifest: dict | None) -> dict[str, Any]:
+    """The dataset's figures as formation recorded them in manifest.json (`azaion dataset stats`
+    for a dataset without one)."""
+    if manifest is not None and "counts" in manifest:
+        histogram = manifest.get("class_histogram", {})
+        return {"created": manifest.get("created"), "seed": manifest.get("seed"),
+                "augmented": manifest.get("augmented"), "images": manifest["counts"],
+                "sources": manifest.get("sources", {}),
+                "boxes": {s: {int(c): n for c, n in histogram.get(s, {}).items()} for s in SPLITS},
+                "corrupted": manifest.get("corrupted", {}).get("count", 0), "from": "manifest.json"}
+    stats = dataset_stats(path)
+    return {"created": None, "seed": None, "augmented": None, "images": stats.images, "sources": {},
+            "boxes": {s: dict(stats.boxes[s]) for s in SPLITS}, "corrupted": None, "from": "label files"}
+
+
+def build_index(name: str, path: Path) -> DatasetIndex:
+    signature = _signature(path)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    manifest = manifest if isinstance(manifest, dict) else None
+    index = DatasetIndex(name, path, signature, _summary(path, manifest))
+    listed = _manifest_images(manifest) if manifest and manifest.get("files") else _listed_images(path)
+    for split, image in listed:
+        if not is_safe_name(image):  # never served: the server only hands out names it can resolve
+            continue
+        item = Item(split, image, _classes(path / split / "labels" / f"{os.path.splitext(image)[0]}.txt"))
+        index.items.append(item)
+        index.by_file[(split, image)] = item
+    return index
+
+
+class DatasetIndexes:
+    """One index per dataset name, rebuilt when the dataset changes; only the KEEP most
+    recently used stay in memory."""
+
+    KEEP = 4
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self._indexes: OrderedDict[str, DatasetIndex] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        """Complete datasets (data.yaml written last by formation), newest name first."""
+        if not self.layout.datasets.is_dir():
+            return []
+        return sorted((d.name for d in self.layout.datasets.iterdir()
+                       if is_safe_name(d.name) and (d / "data.yaml").is_file()), reverse=True)
+
+    def get(self, name: str) -> DatasetIndex | None:
+        if not is_safe_name(name):
+            return None
+        path = self.layout.datasets / name
+        if not (path / "data.yaml").is_file() or not self.layout.inside_root(path):
+            return None
+        with self._lock:
+            index = self._indexes.get(name)
+            if index is None or index.signature != _signature(path):
+                index = self._indexes[name] = build_index(name, path)
+            self._indexes.move_to_end(name)
+            while len(self._indexes) > self.KEEP:
+                self._indexes.popitem(last=False)
+            return index

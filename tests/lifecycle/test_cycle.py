@@ -1,0 +1,98 @@
+"""`azaion cycle`: too little data (no run), enough (dataset, run, decision), growth, a cycle
+stopped by SIGTERM during training and resumed on the next start, fine-tuning production."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+
+from azaion_training.layout import Layout
+from azaion_training.settings import load_settings
+from tests.conftest import AZAION_BIN, run_azaion, write_synthetic_yolo_split
+from tests.lifecycle.conftest import KEY
+from tests.training.conftest import tiny_env
+
+
+def _cycle_env(root, **extra: str) -> dict[str, str]:
+    return tiny_env(root, MODEL_ENCRYPTION_KEY=KEY, TRAINING_EPOCHS="1", CYCLE_MIN_NEW="30", **extra)
+
+
+def _add_annotations(layout: Layout, count: int, seed: int, tmp_path) -> None:
+    """`count` new validated annotations in data/ (synthetic scenes, names prefixed by the seed)."""
+    staging = tmp_path / f"new-{seed}"
+    write_synthetic_yolo_split(staging, count, 96, seed=seed)
+    for kind in ("images", "labels"):
+        for path in (staging / kind).iterdir():
+            shutil.move(path, getattr(layout.data, kind) / f"s{seed}-{path.name}")
+
+
+def _history(layout: Layout) -> list[dict]:
+    path = layout.models / "cycle" / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_cycle_with_too_little_data_trains_nothing(tmp_path):
+    root = tmp_path / "azaion"
+    layout = Layout(load_settings(env=_cycle_env(root)).paths)
+    layout.init()
+    _add_annotations(layout, 5, 1, tmp_path)
+    result = run_azaion("cycle", "--once", "--target", f"local:{tmp_path / 'target'}", env=_cycle_env(root))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "cycle skipped: 5 new validated annotations, 30 needed" in result.stdout
+    assert not list(layout.models.glob("azaion-*")) and not list(layout.datasets.iterdir())
+    assert _history(layout) == [] and not (tmp_path / "target").exists()
+
+
+def test_cycles_form_train_promote_and_resume_after_sigterm(tmp_path):
+    root = tmp_path / "azaion"
+    env = _cycle_env(root)
+    target = f"local:{tmp_path / 'target'}"
+    layout = Layout(load_settings(env=env).paths)
+    layout.init()
+
+    _add_annotations(layout, 40, 1, tmp_path)
+    first = run_azaion("cycle", "--once", "--target", target, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    [entry] = _history(layout)
+    assert entry["action"] == "promote" and entry["production_before"] is None and entry["parent"] is None
+    assert entry["data_count"] == 40 and entry["new"] == 40
+    run = json.loads((layout.models / entry["run"] / "run.json").read_text())
+    assert run["mode"] == "new" and run["dataset"] == entry["dataset"] and run["split_generation"] == 1
+    steps = [e["context"]["step"] for e in _json_lines(first.stdout) if e["message"] == "cycle step"]
+    assert steps == ["form", "train", "promote"]
+    assert (tmp_path / "target" / "cdn" / "models" / "azaion.onnx.big").is_file()
+
+    _add_annotations(layout, 10, 2, tmp_path)  # 10 < 30 new since the last cycle's dataset
+    assert "cycle skipped: 10 new" in run_azaion("cycle", "--once", "--target", target, env=env).stdout
+
+    _add_annotations(layout, 25, 3, tmp_path)  # 35 new: a second cycle, stopped during training
+    process = subprocess.Popen([str(AZAION_BIN), "cycle", "--once", "--target", target],
+                               env={**os.environ, "AZAION_LOG_FORMAT": "json", **env, "TRAINING_EPOCHS": "3"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if '"epoch done"' in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr[-3000:]
+    state = json.loads((layout.models / "cycle" / "state.json").read_text())
+    assert state["step"] == "train" and state["parent"] == entry["run"] and state["new"] == 35
+    assert json.loads((layout.models / state["run"] / "run.json").read_text())["status"] == "interrupted"
+
+    resumed = run_azaion("cycle", "--once", "--target", target, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    messages = [e["message"] for e in _json_lines(resumed.stdout)]
+    assert "cycle resumed" in messages and "resuming training" in messages and "training started" not in messages
+    second = _history(layout)[-1]
+    assert second["run"] == state["run"] and second["dataset"] == state["dataset"] != entry["dataset"]
+    assert second["production_before"] == entry["run"] and second["action"] in ("promote", "refused")
+    assert second["gate"]["split"] == "test" and second["gate"]["production"] is not None
+    run = json.loads((layout.models / second["run"] / "run.json").read_text())
+    assert run["mode"] == "fine-tune" and run["parent"] == entry["run"] and run["status"] == "finished"
+    assert run["epochs_done"] == 3 and run["resumed_from_epoch"] >= 1
+    assert not (layout.models / "cycle" / "state.json").exists()

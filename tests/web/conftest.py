@@ -1,0 +1,172 @@
+"""The cockpit's test tree, made by the real code paths: generated Azaion messages replayed
+through the consumer's handler (with some that it rejects), one pair damaged on disk, dataset
+formation (which quarantines it), and a real 2-epoch yolo26n training run at imgsz 64. Two
+`azaion serve` processes run on it: read-only, and with COCKPIT_TOKEN."""
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from azaion_training.classes import WeatherMode
+from azaion_training.demo.scenes import encode_jpeg, render_scene
+from azaion_training.layout import Layout
+from azaion_training.queue.messages import AnnotationStatus, Role
+from azaion_training.settings import load_settings
+from tests.conftest import AZAION_BIN
+from tests.dataset.conftest import make_old
+from tests.queue.conftest import bulk, created, dump_of, jpeg
+
+TOKEN = "cockpit-test-token-5b1f0c"
+MODEL_KEY = "cockpit-tests-model-key"
+CORRUPTED = "damaged-on-disk"
+BAD_BOX = ((1, 1.5, 0.5, 0.2, 0.2),)
+
+
+def tree_env(root: Path, **extra: str) -> dict[str, str]:
+    return {"AZAION_ROOT_DIR": str(root), "TRAINING_MODEL": "yolo26n.yaml", "TRAINING_WORKERS": "0",
+            "TRAINING_DEVICE": "cpu", "TRAINING_IMGSZ": "64", "TRAINING_BATCH_SIZE": "8", "EXPORT_ONNX_IMGSZ": "64",
+            "MODEL_ENCRYPTION_KEY": MODEL_KEY, "RABBITMQ_PORT": str(free_port()), **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stream() -> list[bytes]:
+    """36 validated annotations (rendered scenes, 1-3 objects, all three weather modes) from 6
+    flights, two operator annotations left in seed, one deleted, and four messages the
+    consumer rejects."""
+    rng = np.random.default_rng(3)
+    modes = list(WeatherMode)
+    entries = []
+    for i in range(36):
+        scene = render_scene(rng, 128, modes[i % 3], max_objects=3)
+        entries.append(created(f"frame{i:03d}", Role.Validator, media=f"flight-{i % 6}.mp4",
+                               boxes=tuple(scene.labels), image=encode_jpeg(scene.image)))
+    entries += [created("seed1", Role.Operator), created("seed2", Role.Operator),
+                bulk(AnnotationStatus.Deleted, "frame035")]
+    entries += [b"\x00\x01 not a message", b"", created("frame-bad-box", Role.Validator, boxes=BAD_BOX),
+                created("frame-bad-image", Role.Validator, image=b"\xff\xd8 truncated jpeg")]
+    return entries
+
+
+def busiest_class(dataset: Path, split: str = "train") -> int:
+    """The class with most boxes in a split, as formation recorded it in manifest.json."""
+    histogram = json.loads((dataset / "manifest.json").read_text())["class_histogram"][split]
+    return int(max(histogram, key=histogram.get))
+
+
+# tests/browser uses these fixtures too: the tree and the servers are built once per session.
+_TREE: dict = {}
+_SERVERS: dict = {}
+
+
+@pytest.fixture(scope="session")
+def web_tree(tmp_path_factory) -> dict:
+    if not _TREE:
+        _TREE.update(build_tree(tmp_path_factory))
+    return _TREE
+
+
+def build_tree(tmp_path_factory) -> dict:
+    from azaion_training.dataset.form import form_dataset
+    from azaion_training.offline import configure_offline_environment
+    from azaion_training.queue.replay import replay_dump
+    from azaion_training.training.train import TrainRequest, train
+
+    base = tmp_path_factory.mktemp("cockpit")
+    root = base / "azaion"
+    env = tree_env(root)
+    settings = load_settings(env=env)
+    layout = Layout(settings.paths)
+    layout.init()
+    replay = replay_dump(settings, dump_of(base / "stream.dump", stream()))
+    assert replay.rejected, replay
+    # a pair damaged on disk after ingestion: formation quarantines it with a reason file
+    layout.data.image_path(CORRUPTED, ".jpg").write_bytes(jpeg(99, size=96))
+    layout.data.label_path(CORRUPTED).write_text("7 0.5 0.5 0.2\n")
+    make_old(*(p for d in layout.data.directories() for p in d.iterdir()))
+    formed = form_dataset(settings, progress=False)
+    assert formed.corrupted == 1, formed.to_dict()
+    configure_offline_environment()
+    trained = train(settings, TrainRequest(dataset=formed.path.name, epochs=2, hyperparameters={"plots": False}))
+    assert trained.status == "finished"
+    return {"root": root, "env": env, "settings": settings, "layout": layout, "dataset": formed.path.name,
+            "run": trained.run_dir.name, "published": base / "published"}
+
+
+class Server:
+    def __init__(self, env: dict[str, str], port: int):
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen([str(AZAION_BIN), "serve", "--port", str(port)],
+                                        env={**os.environ, **env}, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(self.url + "/api/status", timeout=30).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"azaion serve did not start: {self.process.stdout.read()[-2000:]}")
+            time.sleep(0.2)
+
+    def get(self, path: str, **kwargs) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=120, **kwargs)
+
+    def post(self, path: str, **kwargs) -> httpx.Response:
+        return httpx.post(self.url + path, timeout=600, **kwargs)
+
+    def json(self, path: str):
+        response = self.get(path)
+        assert response.status_code == 200, (path, response.status_code, response.text[:500])
+        return response.json()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def shared_server(kind: str, env: dict[str, str]):
+    if kind not in _SERVERS:
+        _SERVERS[kind] = Server(env, free_port())
+    yield _SERVERS[kind]
+    running = _SERVERS.pop(kind, None)  # the first of the two fixture copies to finish stops it
+    if running is not None:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def server(web_tree):
+    """`azaion serve` without a token: read-only."""
+    yield from shared_server("read-only", web_tree["env"])
+
+
+@pytest.fixture(scope="session")
+def token_server(web_tree):
+    """`azaion serve` with COCKPIT_TOKEN set: promote and rollback enabled."""
+    yield from shared_server("token", {**web_tree["env"], "COCKPIT_TOKEN": TOKEN})
+
+
+def rejected_reasons(root: Path) -> dict[str, int]:
+    reasons: dict[str, int] = {}
+    for record in (root / "queue-rejected").glob("*.json"):
+        reason = json.loads(record.read_text())["reason"]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return reasons
