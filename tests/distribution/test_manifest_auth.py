@@ -15,7 +15,7 @@ from azaion_training.distribution.fetch import fetch_model_bytes
 from azaion_training.distribution.manifest import UNAUTHENTICATED_FORMAT, ManifestRefused, canonical
 from azaion_training.distribution.publish import publish_model
 from azaion_training.inference.pipeline import model_bytes
-from azaion_training.security.crypto import encrypt
+from azaion_training.security.crypto import DecryptionError, encrypt
 from azaion_training.security.keys import model_key
 from azaion_training.security.split import split
 from azaion_training.settings import load_settings
@@ -112,7 +112,7 @@ def test_a_manifest_from_before_authentication_is_refused_with_the_way_out(store
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ManifestRefused, match="before manifests were authenticated.*re-publish.*--no-manifest"):
         fetch_model_bytes(load_settings(), "a.onnx", target=f"local:{store}")
-    with pytest.raises(Exception, match="not a valid ONNX model"):  # random bytes: padding passes, onnx refuses
+    with pytest.raises(DecryptionError, match="not a valid ONNX model"):  # random bytes: padding passes, onnx refuses
         fetch_model_bytes(load_settings(), "a.onnx", target=f"local:{store}", no_manifest=True)
     (tmp_path / "a.bin").write_bytes(data)
     publish_model(load_settings(), tmp_path / "a.bin", target=f"local:{store}")  # re-publishing fixes it
