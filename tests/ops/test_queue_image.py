@@ -14,6 +14,7 @@ LEFT_OUT = {
     "onnxslim": ["onnxslim"], "onnxruntime": ["onnxruntime"], "albumentations": ["albumentations"],
     "opencv-python": ["cv2"], "opencv-python-headless": ["cv2"], "cryptography": ["cryptography"],
     "boto3": ["boto3", "botocore", "s3transfer"], "httpx": ["httpx", "httpcore"],
+    "starlette": ["starlette"], "uvicorn": ["uvicorn"], "jinja2": ["jinja2"],
 }
 TRANSITIVE = ["numpy", "PIL", "scipy", "matplotlib", "pandas"]
 

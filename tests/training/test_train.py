@@ -10,10 +10,10 @@ from datetime import date
 
 import pytest
 
-from azaion_training.layout import Layout
+from azaion_training.layout import DatasetDir, Layout
 from azaion_training.locks import InstanceLock
 from azaion_training.settings import load_settings
-from azaion_training.training.preflight import planned_checkpoints, preflight
+from azaion_training.training.preflight import check_image_cache, planned_checkpoints, preflight
 from azaion_training.training.train import TrainRequest, next_run_name, resumable_checkpoint, train
 from tests.conftest import AZAION_BIN, run_azaion, write_synthetic_yolo_split
 from tests.training.conftest import DATASET, make_root, tiny_env
@@ -166,6 +166,21 @@ def test_preflight_go(tmp_path, synthetic_dataset):
     assert all(c.ok for c in checks), checks
     assert "32 train, 12 valid" in checks[0].detail
     assert planned_checkpoints(120, 1) == 122 and planned_checkpoints(10, -1) == 2
+
+
+def test_preflight_checks_the_image_cache_fits(tmp_path, synthetic_dataset):
+    """TRAINING_CACHE=disk|ram adds a check of the cache's size against free disk / available RAM."""
+    root = make_root(tmp_path, synthetic_dataset)
+    disk = preflight(load_settings(env=tiny_env(root, TRAINING_CACHE="disk")), TrainRequest(dataset=DATASET))
+    cache = next(c for c in disk if c.name == "image cache")
+    assert cache.ok and "TRAINING_CACHE=disk: 32 images need" in cache.detail, cache
+    images = DatasetDir(root / "datasets" / DATASET).images("train")
+    # 160x160x3 bytes x 2x margin x 3.2 million images = 490 GB: more than any machine here has
+    too_big = check_image_cache("ram", images * 100_000, 160, root)
+    assert not too_big.ok and "RAM available" in too_big.detail and "TRAINING_CACHE=none" in too_big.detail
+    assert check_image_cache("none", images, 160, root) is None
+    plain = preflight(load_settings(env=tiny_env(root)), TrainRequest(dataset=DATASET))
+    assert "image cache" not in [c.name for c in plain]
 
 
 def test_preflight_without_dataset_checks_what_train_would_form(tmp_path):

@@ -3,6 +3,7 @@
 Each check returns (name, ok, detail); nothing is trained and nothing is written."""
 
 import io
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from azaion_training.errors import AzaionError
 from azaion_training.labels import LabelError, label_path_for, read_label_file
-from azaion_training.layout import DatasetDir, Layout
+from azaion_training.layout import DatasetDir, Layout, image_files
 from azaion_training.lifecycle.weights import resolve_training_model
 from azaion_training.settings import Settings
 from azaion_training.training.train import TrainRequest, model_source, use_amp
@@ -56,6 +57,42 @@ def check_data_to_form(layout: Layout) -> Check:
     if not labels:
         return Check("dataset", False, f"no --dataset and {layout.data.root} has no annotations to form one from")
     return Check("dataset", True, f"a new dataset will be formed from {labels} annotations in {layout.data.root}")
+
+
+def check_image_cache(cache: str, images: list[Path], imgsz: int, where: Path) -> Check | None:
+    """TRAINING_CACHE=disk writes each training image decoded (.npy, full size) beside it; ram
+    holds every training image resized to imgsz. Estimated from up to 30 images with the safety
+    margins Ultralytics applies (10 % disk, 2x RAM): below them it silently trains uncached."""
+    if cache == "none" or not images:
+        return None
+    import cv2
+
+    sample = images[:: max(1, len(images) // 30)][:30]
+    sizes = []
+    for path in sample:
+        image = cv2.imread(str(path))
+        if image is not None:
+            height, width = image.shape[:2]
+            ratio = imgsz / max(height, width) if cache == "ram" else 1.0
+            sizes.append(min(height, math.ceil(height * ratio)) * min(width, math.ceil(width * ratio)) * 3)
+    needed = sum(sizes) / max(1, len(sizes)) * len(images) * (1.1 if cache == "disk" else 2.0)
+    if cache == "disk":
+        existing = where if where.exists() else where.parent
+        available, what = shutil.disk_usage(existing).free, f"free in {existing}"
+    else:
+        available, what = _available_memory(), "RAM available"
+    detail = (f"TRAINING_CACHE={cache}: {len(images)} images need {needed / GIB:.1f} GiB, "
+              f"{available / GIB:.1f} GiB {what}")
+    return Check("image cache", available >= needed,
+                 detail + ("" if available >= needed else ": set TRAINING_CACHE=none or free space"))
+
+
+def _available_memory() -> int:
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def check_weights(spec: str) -> tuple[Check, Any]:
@@ -176,6 +213,11 @@ def preflight(settings: Settings, request: TrainRequest, min_free_gib: float | N
     checks.append(check_device(device))
     if model is not None and checks[-1].ok:
         checks.append(check_batch_fits(model, device, batch, imgsz))
+    dataset = resolve_dataset(request.dataset, layout) if request.dataset and checks[0].ok else None
+    train_images = DatasetDir(dataset).images("train") if dataset else image_files(layout.data.images)
+    cache_check = check_image_cache(cfg.cache, train_images, imgsz, dataset or layout.datasets)
+    if cache_check:
+        checks.append(cache_check)
     needed = checkpoint_bytes(model) * planned_checkpoints(epochs, cfg.save_period) if model is not None else 0
     checks.append(check_disk(layout.models, needed, min_free_gib))
     return checks
