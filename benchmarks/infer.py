@@ -2,9 +2,12 @@
 own `predict(stream=True)` on the same 1280x720 video of 300 synthetic frames, with the same
 yolo26n ONNX (imgsz 640, raw output layout, random weights whose class logits are rescaled
 so that there are detections to compare). Prints one JSON line: both frames/s, their ratio,
-and how many frames have the same detections (same count, each box IoU >= 0.95, same class).
+how many frames have the same detections (same count, each box IoU >= 0.95, same class), and
+batch-1 latency (one decoded frame in, its detections out) p50/p95 of both.
 
-    .venv/bin/python benchmarks/infer.py [--frames 300]
+The two alternate in rounds and each keeps its best round: the machine may be shared.
+
+    .venv/bin/python benchmarks/infer.py [--frames 300] [--repeats 3] [--batch 4] [--threads 0] [--workers 0]
 """
 
 import argparse
@@ -73,13 +76,14 @@ def make_model(workdir: Path, sample: np.ndarray) -> Path:
         return Path(model.export(format="onnx", imgsz=640, dynamic=True, batch=4)).absolute()
 
 
-def run_ours(video: Path, model: Path, out: Path, threads: int) -> tuple[float, list[np.ndarray]]:
+def run_ours(video: Path, model: Path, out: Path, args: argparse.Namespace) -> tuple[float, list[np.ndarray]]:
     from azaion_training.inference.pipeline import run_inference
     from azaion_training.settings import load_settings
 
-    settings = load_settings(env={"AZAION_ROOT_DIR": str(out / "root"), "INFERENCE_THREADS": str(threads)})
-    summary = run_inference(settings, video, model, out, every=1, batch=4, conf=CONF, iou=IOU, write_video=False,
-                            engine="onnx")
+    settings = load_settings(env={"AZAION_ROOT_DIR": str(out / "root"), "INFERENCE_THREADS": str(args.threads),
+                                  "INFERENCE_WORKERS": str(args.workers)})
+    summary = run_inference(settings, video, model, out, every=1, batch=args.batch, conf=CONF, iou=IOU,
+                            write_video=False, engine="onnx")
     frames = []
     for line in (out / "detections.jsonl").read_text().splitlines():
         record = json.loads(line)
@@ -102,6 +106,46 @@ def run_ultralytics(video: Path, model: Path) -> tuple[float, list[np.ndarray]]:
     return len(frames) / (time.perf_counter() - started), frames
 
 
+def decoded_frames(video: Path, count: int) -> list[np.ndarray]:
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))
+    frames = [capture.read()[1] for _ in range(count)]
+    capture.release()
+    return frames
+
+
+def latency_ours(model: Path, frames: list[np.ndarray], args: argparse.Namespace) -> list[float]:
+    """Seconds per frame through `Detector.detect([frame])`: letterbox, engine, cleanup."""
+    from azaion_training.inference.engines import OnnxEngine
+    from azaion_training.inference.pipeline import Detector
+
+    detector = Detector(OnnxEngine(model.read_bytes(), threads=args.threads, batch_size=1), CONF, IOU)
+    detector.detect(frames[:1])
+    return [_timed(detector.detect, [frame]) for frame in frames]
+
+
+def latency_ultralytics(model: Path, frames: list[np.ndarray]) -> list[float]:
+    from ultralytics import YOLO
+
+    yolo = YOLO(str(model), task="detect")
+    options = {"imgsz": 640, "conf": CONF, "iou": IOU, "agnostic_nms": True, "verbose": False}
+    yolo.predict(frames[0], **options)
+    return [_timed(yolo.predict, frame, **options) for frame in frames]
+
+
+def _timed(function, *args, **kwargs) -> float:
+    started = time.perf_counter()
+    function(*args, **kwargs)
+    return time.perf_counter() - started
+
+
+def percentiles_ms(runs: list[list[float]]) -> dict[str, float]:
+    """p50/p95 of the round with the lowest median."""
+    best = min(runs, key=lambda run: float(np.median(run)))
+    return {f"p{q}": round(float(np.percentile(best, q)) * 1000, 1) for q in (50, 95)}
+
+
 def same_detections(ours: np.ndarray, theirs: np.ndarray) -> bool:
     from azaion_training.inference.nms import box_iou
 
@@ -118,28 +162,39 @@ def main() -> None:
     configure_offline_environment()
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=300)
-    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each; the best counts")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads for ours (0 = its default)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating rounds of each; the best counts")
+    parser.add_argument("--batch", type=int, default=4, help="frames per engine call for ours (INFERENCE_BATCH)")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per call for ours (0 = its "
+                                                                 "default)")
+    parser.add_argument("--workers", type=int, default=0, help="engine calls at once for ours (0 = the default)")
+    parser.add_argument("--latency-frames", type=int, default=40, help="frames timed one by one per round")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         video = make_video(workdir / "bench.mp4", args.frames)
         model = make_model(workdir, first_frame(video))
-        # Alternate the two and keep each one's best run: the machine may be shared.
-        ours_runs, ultra_runs = [], []
+        singles = decoded_frames(video, min(args.latency_frames, args.frames))
+        ours_runs, ultra_runs, ours_latency, ultra_latency = [], [], [], []
         for _ in range(args.repeats):
-            ours_runs.append(run_ours(video, model, workdir / "ours", args.threads))
+            ours_runs.append(run_ours(video, model, workdir / "ours", args))
             ultra_runs.append(run_ultralytics(video, model))
+            ours_latency.append(latency_ours(model, singles, args))
+            ultra_latency.append(latency_ultralytics(model, singles))
         ours_fps, ours = max(ours_runs, key=lambda run: run[0])
         ultra_fps, theirs = max(ultra_runs, key=lambda run: run[0])
     matching = sum(same_detections(a, b) for a, b in zip(ours, theirs, strict=False))
     print(json.dumps({
         "benchmark": "infer", "video": f"{WIDTH}x{HEIGHT}x{args.frames}", "model": "yolo26n onnx 640 raw",
-        "cpu_count": os.cpu_count(), "repeats": args.repeats,
+        "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2), "repeats": args.repeats,
+        "batch": args.batch, "threads": args.threads, "workers": args.workers,
         "ours_fps": round(ours_fps, 2), "ultralytics_fps": round(ultra_fps, 2),
-        "ratio": round(ours_fps / ultra_fps, 3), "frames_ours": len(ours), "frames_ultralytics": len(theirs),
-        "frames_same_detections": matching, "detections_ours": int(sum(map(len, ours))),
-        "detections_ultralytics": int(sum(map(len, theirs))),
+        "ratio": round(ours_fps / ultra_fps, 3),
+        "ours_fps_rounds": [round(run[0], 2) for run in ours_runs],
+        "ultralytics_fps_rounds": [round(run[0], 2) for run in ultra_runs],
+        "latency_b1_ms_ours": percentiles_ms(ours_latency), "latency_b1_ms_ultralytics": percentiles_ms(ultra_latency),
+        "frames_ours": len(ours), "frames_ultralytics": len(theirs), "frames_same_detections": matching,
+        "detections_identical": matching == len(ours) == len(theirs),
+        "detections_ours": int(sum(map(len, ours))), "detections_ultralytics": int(sum(map(len, theirs))),
     }))
 
 

@@ -41,9 +41,19 @@ def box_problem(cls: object, cx: object, cy: object, w: object, h: object) -> st
     return None
 
 
+STORED_SIZE_MIN = 1e-6  # the smallest size that 6 decimals still write as nonzero (0.000001)
+_NUMBER = (int, float)
+
+
 def stored_box_problem(cls: object, cx: object, cy: object, w: object, h: object) -> str | None:
     """box_problem of the box as its label line stores it (Box.line: 6 decimals), so the consumer
-    refuses what formation would refuse (a width of 1e-9 is a valid number, stored as 0.000000)."""
+    refuses what formation would refuse (a width of 1e-9 is a valid number, stored as 0.000000).
+    A plainly valid box whose sizes are at least STORED_SIZE_MIN is accepted with one comparison
+    each (6 decimals keep it inside its intervals); only the rest is formatted and re-parsed."""
+    if (type(cls) is int and type(cx) in _NUMBER and type(cy) in _NUMBER and type(w) in _NUMBER
+            and type(h) in _NUMBER and 0 <= cls < MODEL_SLOTS and 0 <= cx <= 1 and 0 <= cy <= 1
+            and STORED_SIZE_MIN <= w <= 1 and STORED_SIZE_MIN <= h <= 1):
+        return None
     problem = box_problem(cls, cx, cy, w, h)
     if problem:
         return problem

@@ -1,5 +1,7 @@
 """Engines (BT-INF-01/02): ONNX Runtime from bytes in both layouts; TensorRT on a GPU only."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -37,6 +39,13 @@ def test_a_fixed_batch_in_the_model_wins_and_short_batches_are_padded(tiny_model
     full = engine.run(frames)[0]
     assert engine.run(frames[:1])[0].shape == (1, 300, 6)
     np.testing.assert_allclose(engine.run(frames[:1])[0], full[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_on_cpu_without_a_batch_one_frame_per_call_and_two_calls_at_once(onnx_models):
+    engine = OnnxEngine(onnx_models["raw"].read_bytes())  # the export's batch is 8
+    assert engine.provider == "CPUExecutionProvider" and engine.batch_size == 1
+    assert engine.workers == min(2, os.cpu_count() or 1)
+    assert OnnxEngine(onnx_models["raw"].read_bytes(), workers=3).workers == 3
 
 
 def test_garbage_bytes_are_a_clear_input_error():

@@ -53,8 +53,23 @@ def test_defaults_come_from_settings(root, onnx_models, tiny_video, tmp_path, mo
     monkeypatch.setenv("INFERENCE_CONF", "0.99")
     summary = run_inference(load_settings(), tiny_video, onnx_models["end2end"], tmp_path, write_video=False)
     assert [line["frame"] for line in _lines(tmp_path)] == [0, 5]
-    assert (summary.every, summary.batch, summary.conf, summary.iou) == (5, 4, 0.99, 0.3)
+    assert (summary.every, summary.batch, summary.conf, summary.iou) == (5, 1, 0.99, 0.3)  # batch 1 on CPU
     assert summary.detections == 0 and "video" not in summary.outputs
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_concurrent_engine_calls_write_the_same_lines_in_frame_order(root, onnx_models, tiny_video, tmp_path,
+                                                                     monkeypatch, batch):
+    written = {}
+    for workers in (1, 3):
+        monkeypatch.setenv("INFERENCE_WORKERS", str(workers))
+        out = tmp_path / f"w{workers}"
+        summary = run_inference(load_settings(), tiny_video, onnx_models["raw"], out, every=1, batch=batch,
+                                conf=LOW_CONF, write_video=workers == 3)
+        written[workers] = (out / "detections.jsonl").read_text()
+    assert [line["frame"] for line in _lines(out)] == list(range(10))
+    assert written[3] == written[1] and summary.detections > 0
+    assert int(cv2.VideoCapture(summary.outputs["video"]).get(cv2.CAP_PROP_FRAME_COUNT)) == 10
 
 
 def test_image_directory_with_an_unreadable_file(settings, onnx_models, odd_images, tmp_path):

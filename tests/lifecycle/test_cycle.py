@@ -96,3 +96,14 @@ def test_cycles_form_train_promote_and_resume_after_sigterm(tmp_path):
     assert run["mode"] == "fine-tune" and run["parent"] == entry["run"] and run["status"] == "finished"
     assert run["epochs_done"] == 3 and run["resumed_from_epoch"] >= 1
     assert not (layout.models / "cycle" / "state.json").exists()
+
+
+def test_cycle_without_base_weights_fails_before_any_work(tmp_path):
+    root = tmp_path / "azaion"
+    env = _cycle_env(root, TRAINING_MODEL=str(tmp_path / "gone.pt"))
+    layout = Layout(load_settings(env=env).paths)
+    layout.init()
+    _add_annotations(layout, 30, 1, tmp_path)
+    result = run_azaion("cycle", "--once", "--target", f"local:{tmp_path / 'target'}", env=env)
+    assert result.returncode == 2 and "gone.pt" in result.stderr and "Traceback" not in result.stderr
+    assert not list(layout.datasets.iterdir()) and not (layout.models / "cycle" / "state.json").exists()

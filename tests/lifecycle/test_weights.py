@@ -143,11 +143,12 @@ def test_bare_training_model_resolves_into_models_base(root, layout, mirror, mon
     assert resolve_training_model(NAME, layout) == str(layout.base_weights / NAME)
 
 
-def test_train_and_preflight_without_base_weights_name_the_pull_command(root, layout):
+def test_train_preflight_and_cycle_without_base_weights_name_the_pull_command(root, layout, tmp_path):
     from tests.dataset.conftest import add_annotations
 
     add_annotations(layout, 4)
-    for args in (("train", "--epochs", "1"), ("train", "--preflight")):
+    cycle = ("cycle", "--once", "--min-new", "1", "--target", f"local:{tmp_path / 'target'}")
+    for args in (("train", "--epochs", "1"), ("train", "--preflight"), cycle):
         done = run_azaion(*args, env={"TRAINING_MODEL": "yolo26s.pt"})
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert "azaion weights pull yolo26s.pt" in done.stderr

@@ -157,6 +157,18 @@ def test_progress_recent_commit_and_unknown_pending(monkeypatch, root, layout):
     assert stale["status"] == "warn" and stale["data"]["pending"] is None and "cannot tell" in stale["detail"]
 
 
+def test_onlooker_health_records_no_reading(monkeypatch, root, layout):
+    """The cockpit runs health with record_reading=False: the cron job's previous reading stays its own."""
+    env = {"RABBITMQ_PORT": str(free_port()), "RABBITMQ_PASSWORD": "pw", "AZAION_ROOT_DIR": str(root)}
+    write_offset(layout, "azaion-annotations", 3, timedelta(minutes=5))
+    progress(monkeypatch, env)  # the cron job's run records offset 3
+    write_offset(layout, "azaion-annotations", 9, timedelta(minutes=1))
+    looked = progress(monkeypatch, env, record_reading=False)
+    assert "advanced 3 -> 9" in looked["detail"]
+    assert yaml.safe_load((layout.queue_state / PREVIOUS_READING_FILE).read_text())["offset"] == 3
+    assert "advanced 3 -> 9" in progress(monkeypatch, env)["detail"]  # the cron job still sees the advance
+
+
 def test_gpu_expected_without_nvidia_smi_fails(root, tmp_path):
     env = {"AZAION_ROOT_DIR": str(root), "TRAINING_DEVICE": "0", "PATH": str(tmp_path)}  # no nvidia-smi on PATH
     result = run_azaion("health", "--check", "gpu", env=env)

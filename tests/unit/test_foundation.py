@@ -15,7 +15,7 @@ from azaion_training.classes import MODEL_SLOTS, WeatherMode, load_classes, mode
 from azaion_training.errors import ConfigError
 from azaion_training.layout import Layout, is_safe_name
 from azaion_training.logs import JsonFormatter, redact, register_secret
-from azaion_training.settings import REQUIRED_ENV_VARS, load_settings, parse_env_file
+from azaion_training.settings import ENV_VARS, REQUIRED_ENV_VARS, load_settings, parse_env_file
 from tests.conftest import AZAION_BIN, REPO, run_azaion
 
 
@@ -35,6 +35,12 @@ def write_env(path: Path, values: dict[str, str]) -> Path:
 def test_env_example_lists_every_required_variable():
     values = parse_env_file(REPO / ".env.example")
     assert set(REQUIRED_ENV_VARS) <= set(values)
+
+
+def test_readme_documents_every_variable():
+    """The README's configuration table is the user's view of settings.py's env markers."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert [name for name in ENV_VARS if f"`{name}`" not in readme] == []
 
 
 def test_yaml_then_env_precedence(tmp_path, monkeypatch):

@@ -179,3 +179,10 @@ def test_binding_beyond_loopback_needs_a_token(web_tree):
     result = run_azaion("serve", "--host", "0.0.0.0", "--port", "1", env=web_tree["env"])
     assert result.returncode == 2
     assert "COCKPIT_TOKEN" in result.stderr and "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_port_in_use_is_a_clear_error(server, web_tree):
+    port = server.url.rsplit(":", 1)[1]
+    result = run_azaion("serve", "--port", port, env=web_tree["env"], timeout=120)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr + result.stdout

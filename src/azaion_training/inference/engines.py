@@ -1,7 +1,7 @@
 """Inference engines behind one small interface: `input_shape` (h, w), `batch_size`,
 `dynamic_batch`, `dynamic_hw` (spatial axes free, so frames may be letterboxed to a smaller
-rectangle, as Ultralytics does), `end2end` (output layout), `stride`, `class_names` and
-`run(batch) -> outputs`.
+rectangle, as Ultralytics does), `end2end` (output layout), `stride`, `class_names`, `workers`
+(how many `run` calls may go at once) and `run(batch) -> outputs`.
 
 Both YOLO output layouts are recognised: end-to-end `(B, 300, 6)` rows of
 x1,y1,x2,y2,score,class, and raw `(B, 4 + nc, anchors)` (cx,cy,w,h then class scores).
@@ -11,6 +11,7 @@ import ast
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +25,7 @@ from azaion_training.logs import get_logger, log
 logger = get_logger("inference")
 
 DEFAULT_STRIDE = 32
+GPU_BATCH = 4  # frames per call on a GPU unless told; on CPU 1 is fastest (benchmarks/infer.py)
 
 
 class Engine(Protocol):
@@ -35,6 +37,7 @@ class Engine(Protocol):
     stride: int
     class_names: dict[int, str]
     provider: str
+    workers: int
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]: ...
 
@@ -70,18 +73,32 @@ def _pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([batch, filler])
 
 
+def default_workers() -> int:
+    """Two engine calls at once on any multi-core machine: one frame's letterbox and cleanup
+    overlap the other's ONNX Runtime call, and the two calls share the cores."""
+    return min(2, os.cpu_count() or 1)
+
+
 class OnnxEngine:
     """ONNX Runtime from bytes (a decrypted model never touches the disk); CUDA when the
     installed runtime has it, else CPU. A fixed batch axis in the model wins over
-    `batch_size`."""
+    `batch_size`; without either, 1 frame per call on CPU, the export's batch on a GPU.
+    `threads` per call (0 = ONNX Runtime's default, one per core) and `workers`
+    calls at once (0 = `default_workers()`; one session serves them all, its `run` is
+    thread-safe)."""
 
-    def __init__(self, model_bytes: bytes, threads: int = 0, batch_size: int | None = None):
+    def __init__(self, model_bytes: bytes, threads: int = 0, batch_size: int | None = None, workers: int = 0):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        # Idle pool threads sleep instead of spinning: a spinning thread takes a core from the
+        # other engine call, the video decoder and anything else on a small machine
+        # (benchmarks/infer.py: 1.5-2x frames/s on 2 busy cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.workers = workers or default_workers()
         wanted = ("CUDAExecutionProvider", "CPUExecutionProvider")
         providers = [p for p in wanted if p in ort.get_available_providers()]
         try:
@@ -101,7 +118,8 @@ class OnnxEngine:
         self.dynamic_batch = not isinstance(batch, int)
         self.dynamic_hw = not (isinstance(height, int) and isinstance(width, int))
         self.input_shape = (height, width) if not self.dynamic_hw else self._metadata_imgsz(metadata)
-        self.batch_size = batch if not self.dynamic_batch else (batch_size or int(metadata.get("batch", 1)))
+        auto_batch = 1 if self.provider == "CPUExecutionProvider" else int(metadata.get("batch", 1))
+        self.batch_size = batch if not self.dynamic_batch else (batch_size or auto_batch)
         self.end2end = _is_end2end(metadata, outputs[0].shape)
         _check_output(outputs[0].shape, self.end2end, "the ONNX model")
         self.stride = int(metadata.get("stride", DEFAULT_STRIDE))
@@ -190,7 +208,7 @@ class TensorRTEngine:
         self.dynamic_batch = shape[0] == -1
         self.dynamic_hw = False  # the profile fixes height and width
         self.input_shape = (int(max_shape[2]), int(max_shape[3]))
-        self.batch_size = min(batch_size or 4, max_shape[0]) if self.dynamic_batch else shape[0]
+        self.batch_size = min(batch_size or GPU_BATCH, max_shape[0]) if self.dynamic_batch else shape[0]
         output_shape = list(self._engine.get_tensor_shape(self._outputs[0]))
         self.end2end = bool(metadata["end2end"]) if "end2end" in metadata else output_shape[-1] == 6
         _check_output(output_shape, self.end2end, "the TensorRT engine")
@@ -199,6 +217,7 @@ class TensorRTEngine:
         self.class_names = class_names or ({int(k): str(v) for k, v in names_meta.items()} if names_meta
                                            else model_class_names())
         self.provider = "TensorRT"
+        self.workers = 1  # one execution context and stream
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         import torch

@@ -111,6 +111,11 @@ def run_cycle(settings: Settings, target: str = "azaion", min_new: int | None = 
                     validated=count)
                 return {"action": "skipped", "new": new, "min_new": min_new, "validated": count}
             state = CycleState(datetime.now(UTC).isoformat(timespec="seconds"), target_key(target), count, new)
+            if production(layout, state.target) is None:
+                from azaion_training.lifecycle.weights import resolve_training_model
+                from azaion_training.training.train import model_source
+
+                model_source(resolve_training_model(settings.training.model, layout))  # missing: fails before any work
             cycle_dir(layout).mkdir(parents=True, exist_ok=True)
             _step(state, FORM, new=new, validated=count, target=state.target)
             _save(layout, state)
@@ -131,14 +136,10 @@ def run_cycle(settings: Settings, target: str = "azaion", min_new: int | None = 
 
 def _form(settings: Settings, layout: Layout, state: CycleState) -> None:
     from azaion_training.dataset.form import form_dataset
-    from azaion_training.lifecycle.weights import resolve_training_model
     from azaion_training.training.runs import find_run
-    from azaion_training.training.train import model_source
 
     current = production(layout, state.target)
-    if current is None:
-        model_source(resolve_training_model(settings.training.model, layout))  # missing: fails before any work
-    else:
+    if current is not None:
         state.parent, state.base = current, str(find_run(layout, current).best_weights)
     formed = form_dataset(settings, progress=False)
     state.dataset = str(formed.path)

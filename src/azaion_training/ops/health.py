@@ -46,6 +46,9 @@ class HealthOptions:
     disk_fail_pct: float | None = None
     offset_max_age_min: float | None = None
     broker_timeout_s: float | None = None
+    # False for onlookers (the cockpit): compare with the last recorded reading, record nothing,
+    # so the cron job's "advanced since the previous run" keeps meaning its own previous run
+    record_reading: bool = True
 
 
 @dataclass
@@ -71,7 +74,8 @@ def run_health(config: Path | None, options: HealthOptions) -> HealthReport:
         results += [CheckResult(name, "n/a", "not checked: the settings could not be loaded")
                     for name in options.checks if name != "config"]
         return HealthReport(checked_at.isoformat(timespec="seconds"), results)
-    thresholds = overridden(settings.health, **{k: v for k, v in asdict(options).items() if k != "checks"})
+    thresholds = overridden(settings.health, **{k: v for k, v in asdict(options).items()
+                                                if k not in ("checks", "record_reading")})
     options = replace(options, **thresholds.model_dump())
     checks: dict[str, Callable[[], CheckResult]] = {
         "config": lambda: CheckResult("config", "ok", f"settings valid ({config or 'environment and defaults'})"),
@@ -175,7 +179,7 @@ def check_progress(settings: Settings, options: HealthOptions, now: datetime) ->
     current = read_offset_record(layout.offset_file)
     previous_file = layout.queue_state / PREVIOUS_READING_FILE
     previous = read_offset_record(previous_file)
-    if current is not None and layout.queue_state.is_dir():
+    if current is not None and layout.queue_state.is_dir() and options.record_reading:
         write_offset_record(previous_file, current.stream, current.offset, now)
     committed = current.offset if current else None
     data: dict[str, Any] = {"stream": stream, "offset": committed,

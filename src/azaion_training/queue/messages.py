@@ -11,6 +11,7 @@ consumer can quarantine it and move on.
 import gzip
 import json
 import math
+import operator
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -271,14 +272,22 @@ def image_extension(value: str, status: AnnotationStatus) -> str:
     return extension
 
 
-_DETECTION_KEYS = {
-    "cls": ("cls", "class", "classnumber"),
-    "x": ("x", "centerx"),
-    "y": ("y", "centery"),
-    "w": ("w", "width"),
-    "h": ("h", "height"),
-    "confidence": ("confidence", "probability"),
-}
+_DETECTION_ALIASES = (  # the accepted keys (lower-cased) of cls, x, y, w, h, confidence, in that order
+    ("cls", "class", "classnumber"),
+    ("x", "centerx"),
+    ("y", "centery"),
+    ("w", "width"),
+    ("h", "height"),
+    ("confidence", "probability"),
+)
+_PLAIN_KEYS = operator.itemgetter(*(aliases[0] for aliases in _DETECTION_ALIASES))  # the platform's own keys
+
+
+def _first(lowered: dict, aliases: tuple[str, ...]) -> object:
+    for alias in aliases:
+        if alias in lowered:
+            return lowered[alias]
+    return None
 
 
 def parse_detections(text: str | bytes, status: AnnotationStatus) -> list[NormalizedDetection]:
@@ -294,18 +303,18 @@ def parse_detections(text: str | bytes, status: AnnotationStatus) -> list[Normal
     for number, item in enumerate(items):
         if not isinstance(item, dict):
             raise MessageRejected("bad-detection", f"detection {number} is not an object", status)
-        lowered = {str(key).lower(): value for key, value in item.items()}
-        values = {key: next((lowered[a] for a in aliases if a in lowered), None)
-                  for key, aliases in _DETECTION_KEYS.items()}
-        problem = stored_box_problem(values["cls"], values["x"], values["y"], values["w"], values["h"])
+        lowered = {key.lower(): value for key, value in item.items()}  # JSON object keys are str
+        try:  # every first alias present (what the platform sends): they win anyway
+            cls, x, y, w, h, confidence = _PLAIN_KEYS(lowered)
+        except KeyError:
+            cls, x, y, w, h, confidence = [_first(lowered, aliases) for aliases in _DETECTION_ALIASES]
+        problem = stored_box_problem(cls, x, y, w, h)
         if problem:
             raise MessageRejected("bad-detection", f"detection {number}: {problem}", status)
-        confidence = values["confidence"]
         if not (isinstance(confidence, int | float) and not isinstance(confidence, bool)
                 and math.isfinite(confidence)):
             confidence = 1.0
-        detections.append(NormalizedDetection(values["cls"], float(values["x"]), float(values["y"]),
-                                              float(values["w"]), float(values["h"]), float(confidence)))
+        detections.append(NormalizedDetection(cls, float(x), float(y), float(w), float(h), float(confidence)))
     return detections
 
 

@@ -59,7 +59,8 @@ class Cockpit:
         self.classes = load_classes(self.layout.classes_json)
         self.class_names = model_class_names(self.layout.classes_json)
         self.status = Refreshing("status", lambda: collect_status(settings), lambda: tree_signature(self.layout))
-        health_options = health_options or HealthOptions()  # thresholds from settings.health, as the CLI's
+        # thresholds from settings.health, as the CLI's; the cockpit only looks, it records no reading
+        health_options = health_options or HealthOptions(record_reading=False)
         self.health = Refreshing("health", lambda: run_health(config, health_options).as_dict(),
                                  lambda: int(time.time() // HEALTH_TTL_S), min_interval_s=HEALTH_TTL_S)
         self.datasets = DatasetIndexes(self.layout)
@@ -120,11 +121,11 @@ def not_found(request: Request, what: str = "not found") -> Response:
     return cockpit.render("message.html", 404, title="Not found", message=what)
 
 
-def file_response(path: Path | None, request: Request, media_type: str | None = None,
-                  download: bool = False) -> Response:
+def file_response(path: Path | None, request: Request, download: bool = False) -> Response:
+    """A file the caller resolved inside the root (None: 404); its type guessed from its name."""
     if path is None:
         return not_found(request)
-    return FileResponse(path, media_type=media_type, filename=path.name if download else None,
+    return FileResponse(path, filename=path.name if download else None,
                         content_disposition_type="attachment" if download else "inline")
 
 

@@ -17,7 +17,11 @@ logger = get_logger("web")
 class Refreshing:
     """The newest value of `compute()`. Computed on first use (the caller waits once), then
     recomputed in a background thread when `signature()` changes, at most every
-    `min_interval_s`; meanwhile readers get the previous value and never wait."""
+    `min_interval_s` and never sooner than IDLE_FACTOR times the last computation's duration
+    after it (a status that takes 10 s to read under steady ingestion costs at most a fifth of
+    a core); meanwhile readers get the previous value and never wait."""
+
+    IDLE_FACTOR = 4
 
     def __init__(self, what: str, compute: Callable[[], Any], signature: Callable[[], Hashable],
                  min_interval_s: float = 2.0):
@@ -29,13 +33,15 @@ class Refreshing:
         self._value: Any = None
         self._signature_seen: Hashable = None
         self._computed_at = 0.0
+        self._duration = 0.0
         self._refreshing = False
 
     def get(self) -> Any:
         with self._lock:
             if self._value is None:
-                self._store(self._signature(), self._compute())
-            elif (not self._refreshing and time.monotonic() - self._computed_at >= self._min_interval_s
+                started = time.monotonic()
+                self._store(self._signature(), self._compute(), started)
+            elif (not self._refreshing and time.monotonic() - self._computed_at >= self._wait_s()
                   and self._signature() != self._signature_seen):
                 self._refreshing = True
                 threading.Thread(target=self._refresh, name=f"refresh-{self.what}", daemon=True).start()
@@ -45,10 +51,15 @@ class Refreshing:
         """Compute the first value in the background (server start)."""
         threading.Thread(target=self.get, name=f"warm-{self.what}", daemon=True).start()
 
-    def _store(self, signature: Hashable, value: Any) -> None:
+    def _wait_s(self) -> float:
+        return max(self._min_interval_s, self.IDLE_FACTOR * self._duration)
+
+    def _store(self, signature: Hashable, value: Any, started: float) -> None:
         self._value, self._signature_seen, self._computed_at = value, signature, time.monotonic()
+        self._duration = self._computed_at - started
 
     def _refresh(self) -> None:
+        started = time.monotonic()
         try:
             signature = self._signature()
             value = self._compute()
@@ -58,7 +69,7 @@ class Refreshing:
                 self._refreshing = False
             return
         with self._lock:
-            self._store(signature, value)
+            self._store(signature, value, started)
             self._refreshing = False
 
 

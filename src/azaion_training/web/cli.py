@@ -28,6 +28,9 @@ def serve(
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
     mode = "promote/rollback enabled" if current.cockpit.token else "read-only"
     console.print(f"cockpit on http://{host}:{port}/ ({mode})", markup=False, highlight=False)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn's way of reporting a failed start (after its own error line)
+        pass
     if not server.started:
         raise OperationFailed(f"cannot listen on {host}:{port} (in use, or not an address of this machine)")

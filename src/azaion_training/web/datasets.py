@@ -11,11 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from azaion_training.dataset.split import SPLITS
 from azaion_training.dataset.stats import dataset_stats
-from azaion_training.images import IMAGE_SUFFIXES
 from azaion_training.labels import LabelError, label_classes, label_path_for
-from azaion_training.layout import Layout, is_safe_name
+from azaion_training.layout import SPLITS, DatasetDir, Layout, is_safe_name
 
 
 @dataclass(frozen=True)
@@ -56,9 +54,9 @@ class DatasetIndex:
         return None if path is None else label_path_for(path)
 
 
-def _signature(path: Path) -> tuple:
+def _signature(dataset: DatasetDir) -> tuple:
     return tuple(os.stat(p).st_mtime_ns if p.exists() else None
-                 for p in (path, path / "data.yaml", path / "manifest.json"))
+                 for p in (dataset.root, dataset.data_yaml, dataset.manifest))
 
 
 def _manifest_images(manifest: dict) -> Iterator[tuple[str, str]]:
@@ -68,14 +66,10 @@ def _manifest_images(manifest: dict) -> Iterator[tuple[str, str]]:
             yield split, image
 
 
-def _listed_images(path: Path) -> Iterator[tuple[str, str]]:
+def _listed_images(dataset: DatasetDir) -> Iterator[tuple[str, str]]:
     for split in SPLITS:
-        images = path / split / "images"
-        if images.is_dir():
-            with os.scandir(images) as entries:
-                for entry in sorted(entries, key=lambda e: e.name):
-                    if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
-                        yield split, entry.name
+        for image in dataset.images(split):
+            yield split, image.name
 
 
 def _classes(label: Path) -> tuple[int, ...]:
@@ -100,19 +94,19 @@ def _summary(path: Path, manifest: dict | None) -> dict[str, Any]:
             "boxes": {s: dict(stats.boxes[s]) for s in SPLITS}, "corrupted": None, "from": "label files"}
 
 
-def build_index(name: str, path: Path) -> DatasetIndex:
-    signature = _signature(path)
+def build_index(dataset: DatasetDir) -> DatasetIndex:
+    signature = _signature(dataset)
     try:
-        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads(dataset.manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         manifest = None
     manifest = manifest if isinstance(manifest, dict) else None
-    index = DatasetIndex(name, path, signature, _summary(path, manifest))
-    listed = _manifest_images(manifest) if manifest and manifest.get("files") else _listed_images(path)
+    index = DatasetIndex(dataset.name, dataset.root, signature, _summary(dataset.root, manifest))
+    listed = _manifest_images(manifest) if manifest and manifest.get("files") else _listed_images(dataset)
     for split, image in listed:
         if not is_safe_name(image):  # never served: the server only hands out names it can resolve
             continue
-        item = Item(split, image, _classes(path / split / "labels" / f"{os.path.splitext(image)[0]}.txt"))
+        item = Item(split, image, _classes(dataset.split(split).label_path(os.path.splitext(image)[0])))
         index.items.append(item)
         index.by_file[(split, image)] = item
     return index
@@ -130,22 +124,22 @@ class DatasetIndexes:
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
-        """Complete datasets (data.yaml written last by formation), newest name first."""
+        """Complete datasets (DatasetDir.is_complete), newest name first."""
         if not self.layout.datasets.is_dir():
             return []
         return sorted((d.name for d in self.layout.datasets.iterdir()
-                       if is_safe_name(d.name) and (d / "data.yaml").is_file()), reverse=True)
+                       if is_safe_name(d.name) and DatasetDir(d).is_complete()), reverse=True)
 
     def get(self, name: str) -> DatasetIndex | None:
         if not is_safe_name(name):
             return None
-        path = self.layout.datasets / name
-        if not (path / "data.yaml").is_file() or not self.layout.inside_root(path):
+        dataset = DatasetDir(self.layout.datasets / name)
+        if not dataset.is_complete() or not self.layout.inside_root(dataset.root):
             return None
         with self._lock:
             index = self._indexes.get(name)
-            if index is None or index.signature != _signature(path):
-                index = self._indexes[name] = build_index(name, path)
+            if index is None or index.signature != _signature(dataset):
+                index = self._indexes[name] = build_index(dataset)
             self._indexes.move_to_end(name)
             while len(self._indexes) > self.KEEP:
                 self._indexes.popitem(last=False)

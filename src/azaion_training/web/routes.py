@@ -12,15 +12,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from azaion_training.dataset.split import SPLITS
 from azaion_training.labels import LabelError, parse_line
+from azaion_training.layout import SPLITS
 from azaion_training.training.runs import latest_run
 from azaion_training.web import runs as run_data
 from azaion_training.web.app import PAGE_SIZE, Cockpit, file_response, not_found
 from azaion_training.web.svg import line_chart
-
-IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".bmp": "image/bmp",
-               ".webp": "image/webp", ".tif": "image/tiff", ".tiff": "image/tiff"}
 
 
 def _cockpit(request: Request) -> Cockpit:
@@ -215,7 +212,7 @@ def image_file(request: Request) -> Response:
     path = index.image_path(split, image) if index else None
     if path is None or not path.is_file() or not cockpit.layout.inside_root(path):
         return not_found(request)
-    return file_response(path, request, IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream"))
+    return file_response(path, request)
 
 
 # ---------------------------------------------------------------------------------- quarantine
@@ -244,13 +241,12 @@ def api_quarantine(request: Request) -> Response:
 
 def rejected_file(request: Request) -> Response:
     path = _cockpit(request).quarantine.rejected_file(request.path_params["file"])
-    return file_response(path, request, "application/octet-stream" if path and path.suffix == ".bin"
-                         else "application/json", download=True)
+    return file_response(path, request, download=True)
 
 
 def corrupted_image(request: Request) -> Response:
     path = _cockpit(request).quarantine.corrupted_image(request.path_params["name"])
-    return file_response(path, request, IMAGE_TYPES.get(path.suffix.lower()) if path else None)
+    return file_response(path, request)
 
 
 # ---------------------------------------------------------------------------------- models
