@@ -116,11 +116,12 @@ def decoded_frames(video: Path, count: int) -> list[np.ndarray]:
 
 
 def latency_ours(model: Path, frames: list[np.ndarray], args: argparse.Namespace) -> list[float]:
-    """Seconds per frame through `Detector.detect([frame])`: letterbox, engine, cleanup."""
+    """Seconds per frame through `Detector.detect([frame])`: letterbox, engine, cleanup; one call
+    at a time, so all cores go to it."""
     from azaion_training.inference.engines import OnnxEngine
     from azaion_training.inference.pipeline import Detector
 
-    detector = Detector(OnnxEngine(model.read_bytes(), threads=args.threads, batch_size=1), CONF, IOU)
+    detector = Detector(OnnxEngine(model.read_bytes(), threads=args.threads, batch_size=1, workers=1), CONF, IOU)
     detector.detect(frames[:1])
     return [_timed(detector.detect, [frame]) for frame in frames]
 
@@ -163,7 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds of each; the best counts")
-    parser.add_argument("--batch", type=int, default=4, help="frames per engine call for ours (INFERENCE_BATCH)")
+    parser.add_argument("--batch", type=int, default=0, help="frames per engine call for ours (0 = the default)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per call for ours (0 = its "
                                                                  "default)")
     parser.add_argument("--workers", type=int, default=0, help="engine calls at once for ours (0 = the default)")

@@ -4,10 +4,11 @@ Writes N synthetic annotations in F flights (source media recorded in the annota
 forms a first dataset, then grows the data by --grow % ten times (--steps): 80 % of each
 growth in new flights of N/F frames, 20 % as late frames of flights already split. After each
 growth it times `form_dataset` (sticky assignment through datasets/splits.sqlite3 + checks
-from the cache + hardlinks + manifest) and a bare `os.link` of the same files (the floor of
-any per-file hardlinked dataset), then reads the manifest: split shares and how many earlier
-annotations changed split (must be 0). Prints one JSON line. Targets: re-formation <= 1.5x the
-floor; shares within +-2 % of 70/20/10.
+from the cache + hardlinks + manifest) and, just before and just after it, a bare `os.link`
+of the same files (the floor of any per-file hardlinked dataset; the ratio uses the mean of
+the two, so a load that changes during the step weighs on both sides), then reads the
+manifest: split shares and how many earlier annotations changed split (must be 0). Prints one
+JSON line. Targets: re-formation <= 1.5x the floor; shares within +-2 % of 70/20/10.
 
     .venv/bin/python benchmarks/splits.py [--n 100000] [--flights 10000] [--grow 1] [--steps 10]
 """
@@ -18,6 +19,7 @@ import logging
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -46,6 +48,15 @@ def record_media(layout: Layout, media_of: dict[str, str]) -> None:
 def annotation_splits(manifest: Path) -> dict[str, str]:
     return {entry["annotation"]: entry["split"] for entry in json.loads(manifest.read_text())["files"]
             if entry["path"].split("/")[1] == "labels"}
+
+
+def timed_floor(layout: Layout, target: Path) -> float:
+    subprocess.run(["sync"], check=True)
+    started = time.perf_counter()
+    link_floor(layout.data.root, target)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(target)
+    return seconds
 
 
 def main() -> None:
@@ -89,21 +100,19 @@ def main() -> None:
             total += added
 
             shutil.rmtree(previous.path)  # a server keeps a few; the benchmark only needs one
+            floor_before = timed_floor(layout, work / "floor")
             subprocess.run(["sync"], check=True)  # earlier writes must not be flushed inside a timing
             started = time.perf_counter()
             formed = form_dataset(settings, progress=False)
             form_s = time.perf_counter() - started
-            subprocess.run(["sync"], check=True)
-            started = time.perf_counter()
-            link_floor(layout.data.root, work / "floor")
-            floor_s = time.perf_counter() - started
-            shutil.rmtree(work / "floor")
+            floor_s = (floor_before + timed_floor(layout, work / "floor")) / 2
 
             after = annotation_splits(formed.manifest)
             assert len(after) == total, (len(after), total)
             counts = Counter(after.values())
             steps.append({"annotations": total, "new_groups": formed.new_groups, "reform_s": round(form_s, 2),
                           "floor_s": round(floor_s, 2), "ratio_to_floor": round(form_s / floor_s, 2),
+                          "load_avg_1m": round(os.getloadavg()[0], 2),
                           "moved": sum(1 for name, split in before.items() if after[name] != split),
                           "shares": {s: round(counts[s] / total, 4) for s in SPLITS}})
             before, previous = after, formed
@@ -116,7 +125,8 @@ def main() -> None:
         "first_form_s": round(first_s, 2), "steps": steps,
         "mean_reform_s": round(sum(s["reform_s"] for s in steps) / len(steps), 2),
         "mean_floor_s": round(sum(s["floor_s"] for s in steps) / len(steps), 2),
-        "mean_ratio_to_floor": round(sum(ratios) / len(ratios), 2), "max_ratio_to_floor": max(ratios),
+        "mean_ratio_to_floor": round(sum(ratios) / len(ratios), 2), "median_ratio_to_floor": statistics.median(ratios),
+        "max_ratio_to_floor": max(ratios), "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
         "moved_total": sum(s["moved"] for s in steps), "max_share_deviation": round(deviation, 4),
         "target_ratio": 1.5, "target_share_deviation": 0.02,
     }))

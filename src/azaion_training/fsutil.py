@@ -127,15 +127,3 @@ def _syncfs(path: Path) -> bool:
     finally:
         os.close(fd)
     return True
-
-
-_SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writing the dirty pages back, do not wait
-if _LIBC is not None and hasattr(_LIBC, "sync_file_range"):
-    _LIBC.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-
-
-def start_writeback(fd: int) -> None:
-    """Start writing a file's data to disk without waiting (Linux), so that a later syncfs or
-    fsync mostly finds it done; a hint only: durability still comes from make_durable."""
-    if _LIBC is not None and hasattr(_LIBC, "sync_file_range"):
-        _LIBC.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)

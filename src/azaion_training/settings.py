@@ -134,7 +134,7 @@ class InferenceSettings(_Section):
     batch: int = env(0, "INFERENCE_BATCH", ge=0, le=64)  # 0 = 1 on CPU, 4 on a GPU
     conf: float = env(0.3, "INFERENCE_CONF", ge=0, le=1)
     iou: float = env(0.3, "INFERENCE_IOU", ge=0, le=1)
-    threads: int = env(0, "INFERENCE_THREADS", ge=0)  # per engine call; 0 = ONNX Runtime's default
+    threads: int = env(0, "INFERENCE_THREADS", ge=0)  # per engine call; 0 = cores / workers
     workers: int = env(0, "INFERENCE_WORKERS", ge=0, le=16)  # engine calls at once; 0 = 2 (1 on one core)
 
 

@@ -14,6 +14,7 @@ from azaion_training.layout import Layout
 from azaion_training.settings import Settings, load_settings
 from azaion_training.training.runs import latest_run
 from tests.conftest import run_azaion
+from tests.distribution.conftest import api, s3  # noqa: F401  (the azaion target: contract API + moto S3 CDN)
 from tests.training.conftest import DATASET, make_root, tiny_env
 
 KEY = "lifecycle-tests-model-key"

@@ -107,3 +107,19 @@ def test_cycle_without_base_weights_fails_before_any_work(tmp_path):
     result = run_azaion("cycle", "--once", "--target", f"local:{tmp_path / 'target'}", env=env)
     assert result.returncode == 2 and "gone.pt" in result.stderr and "Traceback" not in result.stderr
     assert not list(layout.datasets.iterdir()) and not (layout.models / "cycle" / "state.json").exists()
+
+
+def test_watch_repeats_cycles_and_stops_on_sigterm(tmp_path):
+    env = {**os.environ, "AZAION_LOG_FORMAT": "json", **_cycle_env(tmp_path / "azaion")}
+    process = subprocess.Popen([str(AZAION_BIN), "cycle", "--watch", "--interval", "1", "--target",
+                                f"local:{tmp_path / 'target'}"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    sleeps = 0
+    for line in process.stdout:
+        sleeps += '"cycle sleeping"' in line
+        if sleeps == 2:  # a second cycle ran after the interval
+            process.send_signal(signal.SIGTERM)
+            break
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr[-2000:]
+    assert "cycle watch stopped" in stdout

@@ -6,6 +6,7 @@ import json
 from azaion_training.lifecycle.evaluate import Comparison, ModelScore
 from azaion_training.lifecycle.promote import gate_passes
 from tests.conftest import run_azaion
+from tests.distribution.conftest import EMAIL, PASSWORD
 from tests.lifecycle.conftest import json_of
 
 
@@ -92,3 +93,23 @@ def test_promote_gate_force_rollback_round_trip(two_runs, tmp_path):
     nothing = run_azaion("models", "rollback", "--target", target, env=two_runs.env)
     assert nothing.returncode == 2 and "nothing to roll back to" in nothing.stderr
     assert _fetch(two_runs, target, tmp_path / "e.onnx") == first_onnx.read_bytes()
+
+
+def test_promote_and_rollback_on_the_azaion_target(two_runs, api, tmp_path):
+    """The same promotions through the Azaion API (small parts, manifest) and the S3 CDN (big parts)."""
+    env = {**two_runs.env, "AZAION_API_URL": api.url, "AZAION_API_EMAIL": EMAIL, "AZAION_API_PASSWORD": PASSWORD}
+    models = two_runs.layout().models
+    for args in ([two_runs.first], [two_runs.second, "--force"]):
+        result = run_azaion("models", "promote", *args, "--target", "azaion", env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert run_azaion("models", "rollback", "--target", "azaion", env=env).returncode == 0
+    fetched = run_azaion("fetch-model", "azaion.onnx", "--out", str(tmp_path / "f.onnx"), env=env)
+    assert fetched.returncode == 0, fetched.stderr[-2000:]
+    assert (tmp_path / "f.onnx").read_bytes() == (models / two_runs.first / "azaion.onnx").read_bytes()
+    assert PASSWORD not in fetched.stdout + fetched.stderr
+    compared = json_of(run_azaion("evaluate", "--candidate", two_runs.second, "--baseline", "production",
+                                  "--target", "azaion", "--json", env=env))
+    assert compared["baseline"]["run"] == two_runs.first  # production after the rollback
+    azaion = [e for e in _history(two_runs) if e["target"] == "azaion"]
+    assert [(e["action"], e["run"]) for e in azaion] == [
+        ("promote", two_runs.first), ("promote", two_runs.second), ("rollback", two_runs.first)]

@@ -109,6 +109,27 @@ def test_bad_input_is_rejected_with_a_reason(data, reason):
     assert rejected(data) == reason
 
 
+@pytest.mark.parametrize("w, accepted", [
+    (1e-6, True), (5.1e-7, True),  # written as 0.000001
+    (4.9e-7, False), (1e-300, False),  # written as 0.000000
+    (1, True), (0.9999999, True), (float("nan"), False),
+])
+def test_a_valid_box_is_accepted_exactly_when_its_label_line_would_be(w, accepted):
+    from azaion_training.labels import Box, LabelError, parse_line
+
+    try:
+        parse_line(Box(3, 0.5, 0.5, w, 0.2).line())
+        formation_accepts = True
+    except LabelError:
+        formation_accepts = False
+    assert formation_accepts is accepted
+    detections = f'[{{"cls": 3, "x": 0.5, "y": 0.5, "w": {w}, "h": 0.2}}]'.replace("nan", "NaN")
+    if accepted:
+        assert decode(created_with(f5=detections)).detections[0].w == w
+    else:
+        assert rejected(created_with(f5=detections)) == "bad-detection"
+
+
 def test_unknown_status_property():
     from rstream import AMQPMessage
 

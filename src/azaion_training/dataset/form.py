@@ -9,23 +9,25 @@ data.yaml is written last: a dataset without it is incomplete and never picked a
 
 import json
 import logging
+import multiprocessing
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from azaion_training.annotation_index import read_source_media
 from azaion_training.classes import model_class_names
 from azaion_training.dataset.augment import AugmentJob, run_jobs
 from azaion_training.dataset.check_cache import cache_file
-from azaion_training.dataset.sources import BadPair, CheckedPair, check_pairs, in_chunks, scan_pairs
+from azaion_training.dataset.sources import BadPair, CheckedPair, check_pairs_later_cached, in_chunks, scan_pairs
 from azaion_training.dataset.split import SplitItem
 from azaion_training.dataset.split_registry import SplitRegistry
-from azaion_training.errors import InputError
+from azaion_training.errors import AzaionError, InputError, OperationFailed
 from azaion_training.fsutil import atomic_write_text, durable_move, link_or_copy
 from azaion_training.labels import MIN_BOX_AREA
 from azaion_training.layout import SPLITS, DatasetDir, Layout, checked_name, is_safe_name
@@ -37,7 +39,6 @@ logger = get_logger("dataset")
 
 LINK_METHODS = ("hardlink", "symlink", "copy")
 EXAMPLES = 10
-LINK_THREADS = 2  # os.link is a syscall that releases the GIL: two threads overlap its kernel time
 LINK_CHUNK = 4096
 
 
@@ -123,18 +124,19 @@ def _check_arguments(split: Sequence[int], link: str) -> None:
 
 
 def _dataset_files(checked: CheckedPair, split: str, augmented: dict, processed: str) -> list[tuple]:
-    """(source path, dataset path, sha256, kind) of every file this annotation contributes."""
+    """(source path, path in the dataset, sha256, is an image) of every file this annotation
+    contributes."""
     pair = checked.pair
     if split == "train" and pair.name in augmented:
         files = []
         for variant in augmented[pair.name]:
             files.append((f"{processed}/images/{variant.image}", f"train/images/{variant.image}",
-                          variant.image_sha256, "image"))
+                          variant.image_sha256, True))
             files.append((f"{processed}/labels/{variant.label}", f"train/labels/{variant.label}",
-                          variant.label_sha256, "label"))
+                          variant.label_sha256, False))
         return files
-    return [(pair.image, f"{split}/images/{os.path.basename(pair.image)}", checked.image_sha256, "image"),
-            (pair.label, f"{split}/labels/{pair.name}.txt", checked.label_sha256, "label")]
+    return [(pair.image, f"{split}/images/{pair.image.rpartition('/')[2]}", checked.image_sha256, True),
+            (pair.label, f"{split}/labels/{pair.name}.txt", checked.label_sha256, False)]
 
 
 def form_dataset(settings: Settings, name: str | None = None, seed: int = 0, split: Sequence[int] = (70, 20, 10),
@@ -153,7 +155,7 @@ def form_dataset(settings: Settings, name: str | None = None, seed: int = 0, spl
     if fresh:
         warnings.append(f"{len(fresh)} incomplete annotation(s) younger than a few minutes left in data/ "
                         f"(still being written?), e.g. {fresh[0]}")
-    good, bad = check_pairs(pairs, progress, cache=cache_file(layout))
+    good, bad, remember_checks = check_pairs_later_cached(pairs, progress, cache=cache_file(layout))
     bad = orphans + bad
     examples = [f"{b.pair.name}: {b.reason}" for b in bad[:EXAMPLES]]
     for item in bad:
@@ -184,8 +186,9 @@ def form_dataset(settings: Settings, name: str | None = None, seed: int = 0, spl
         if summary.skipped:  # only unreadable images fall here: the check above passed them
             warnings.append(f"{len(summary.skipped)} train image(s) could not be augmented and are used as is")
 
-    manifest_files, histogram, counts, sources, method = _link_files(dataset, good, assignment, media_of,
-                                                                     augmented, layout, link, progress)
+    files_json, histogram, counts, sources, method = _link_files(dataset, good, assignment, media_of,
+                                                                     augmented, layout, link, progress,
+                                                                     remember_checks)
     if not good:
         warnings.append(f"no annotations in {layout.data.root}: the dataset is empty")
     manifest = {
@@ -195,10 +198,10 @@ def form_dataset(settings: Settings, name: str | None = None, seed: int = 0, spl
         "augmented": augment, "link_method": method, "counts": counts, "sources": sources,
         "class_histogram": histogram,
         "corrupted": {"count": len(bad), "examples": examples},
-        "files": manifest_files,
     }
     formed = DatasetDir(dataset)
-    atomic_write_text(formed.manifest, json.dumps(manifest, ensure_ascii=False))
+    # "files" comes last, already encoded (while the files were being linked)
+    atomic_write_text(formed.manifest, f'{json.dumps(manifest, ensure_ascii=False)[:-1]}, "files": {files_json}}}')
     formed.write_data_yaml(model_class_names(layout.classes_json))
     result = FormResult(dataset, formed.data_yaml, formed.manifest, counts, sources, len(bad), examples,
                         sum(1 for c in good if c.pair.name in augmented and assignment[c.pair.name] == "train"),
@@ -223,32 +226,88 @@ def _place(plan: Sequence[tuple[str, str]], link: str) -> Counter:
     return used
 
 
+def _placements(good: list[CheckedPair], assignment: dict[str, str], augmented: dict, processed: str,
+                root: str) -> list[tuple[str, str]]:
+    """(source, target) of every file of the dataset."""
+    return [(source, f"{root}/{relative}") for checked in good
+            for source, relative, _, _ in _dataset_files(checked, assignment[checked.pair.name], augmented, processed)]
+
+
+def _link_in_child(plan: Callable[[], list[tuple[str, str]]], link: str, sender: Connection) -> None:
+    """The linking process: the number of files, a count per chunk placed, then the Counter of
+    methods, or the error."""
+    try:
+        placements = plan()
+        sender.send(len(placements))
+        methods = Counter()
+        for chunk in in_chunks(placements, LINK_CHUNK):
+            methods.update(_place(chunk, link))
+            sender.send(len(chunk))
+        sender.send(methods)
+    except BaseException as exc:  # noqa: BLE001 # re-raised by the parent (_linked)
+        sender.send(exc if isinstance(exc, OSError | AzaionError) else OperationFailed(f"linking failed: {exc!r}"))
+    finally:
+        sender.close()
+
+
+@contextmanager
+def _linked(plan: Callable[[], list[tuple[str, str]]], link: str, progress: bool):
+    """Place the (source, target) files that `plan()` lists, in a forked process, while the body
+    runs: the process inherits what `plan` needs, and the kernel work of linking overlaps the
+    body's (the manifest's encoding, the check cache's update). On exit wait for it and raise its
+    error. Yields a Counter of the link methods used, filled on exit."""
+    methods: Counter = Counter()
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_link_in_child, args=(plan, link, sender), name="azaion-link", daemon=True)
+    child.start()
+    sender.close()
+    answered = False
+    try:
+        yield methods
+        message = receiver.recv()
+        if isinstance(message, int):
+            with Progress("linking files", message, progress) as bar:
+                while isinstance(message := receiver.recv(), int):
+                    bar.advance(message)
+        answered = True
+    except EOFError:
+        raise OperationFailed("the linking process ended without a result") from None
+    finally:
+        receiver.close()
+        if not answered:  # the body failed (or the child died): no linking left behind
+            child.kill()
+        child.join()
+    if isinstance(message, BaseException):
+        raise message
+    methods.update(message)
+
+
 def _link_files(dataset: Path, good: list[CheckedPair], assignment: dict[str, str], media_of: dict[str, str],
-                augmented: dict, layout: Layout, link: str, progress: bool):
-    files = []
-    plan = []
-    histogram = {s: Counter() for s in SPLITS}
-    counts = dict.fromkeys(SPLITS, 0)
-    sources = dict.fromkeys(SPLITS, 0)
+                augmented: dict, layout: Layout, link: str, progress: bool, meanwhile: Callable[[], None]):
+    """Link every file, running `meanwhile` at the same time; returns (the manifest's "files"
+    list as JSON text, class histogram, image counts, source counts, link method)."""
     root, processed = str(dataset), str(layout.processed.root)
-    for checked in good:
-        name = checked.pair.name
-        split = assignment[name]
-        sources[split] += 1
-        histogram[split].update(checked.classes)
-        for source, relative, sha256, kind in _dataset_files(checked, split, augmented, processed):
-            plan.append((source, f"{root}/{relative}"))
-            counts[split] += kind == "image"
-            files.append({"path": relative, "split": split, "sha256": sha256, "annotation": name,
-                          "source_media": media_of[name]})
-    methods = Counter()
-    chunks = in_chunks(plan, LINK_CHUNK)
-    with Progress("linking files", len(plan), progress) as bar, ThreadPoolExecutor(LINK_THREADS) as pool:
-        for chunk, used in zip(chunks, pool.map(lambda c: _place(c, link), chunks), strict=True):
-            methods.update(used)
-            bar.advance(len(chunk))
+    with _linked(lambda: _placements(good, assignment, augmented, processed, root), link, progress) as methods:
+        # Runs once per file of the dataset at every formation: plain strings, tuples and dicts only.
+        files = []
+        boxes: dict[str, list[int]] = {s: [] for s in SPLITS}
+        counts = dict.fromkeys(SPLITS, 0)
+        sources = dict.fromkeys(SPLITS, 0)
+        for checked in good:
+            name = checked.pair.name
+            split = assignment[name]
+            media = media_of[name]
+            sources[split] += 1
+            boxes[split].extend(checked.classes)
+            for _, relative, sha256, image in _dataset_files(checked, split, augmented, processed):
+                counts[split] += image
+                files.append({"path": relative, "split": split, "sha256": sha256, "annotation": name,
+                              "source_media": media})
+        files_json = json.dumps(files, ensure_ascii=False)
+        meanwhile()
     method = methods.most_common(1)[0][0] if methods else link
     if len(methods) > 1:
         method = "+".join(sorted(methods))
-    hist = {s: {str(c): n for c, n in sorted(histogram[s].items())} for s in SPLITS}
-    return files, hist, counts, sources, method
+    hist = {s: {str(c): n for c, n in sorted(Counter(boxes[s]).items())} for s in SPLITS}
+    return files_json, hist, counts, sources, method

@@ -13,10 +13,10 @@ import hashlib
 import multiprocessing
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from azaion_training.dataset.check_cache import CheckCache, Entry, Signature, stat_signature
 from azaion_training.fsutil import TEMP_PREFIX
@@ -31,15 +31,15 @@ CHUNK = 1024  # pairs per process task: one task per file costs more than the ch
 POOL_MIN = 4000  # fewer unchecked pairs than this: forking processes costs more than it saves
 
 
-@dataclass(frozen=True)
-class Pair:
+# Named tuples, not dataclasses: a re-formation builds several per annotation, and a frozen
+# dataclass costs several times more to construct (seconds per 100,000 annotations).
+class Pair(NamedTuple):
     name: str
     image: str | None  # plain strings: pathlib costs seconds per 100,000 files
     label: str | None
 
 
-@dataclass(frozen=True)
-class CheckedPair:
+class CheckedPair(NamedTuple):
     pair: Pair
     image_sha256: str
     label_sha256: str
@@ -47,8 +47,7 @@ class CheckedPair:
     signature: Signature  # of the files as they were read: the check cache's key
 
 
-@dataclass(frozen=True)
-class BadPair:
+class BadPair(NamedTuple):
     pair: Pair
     reason: str
 
@@ -71,20 +70,26 @@ def scan_pairs(area: Area) -> tuple[list[Pair], list[BadPair], list[str]]:
     """(pairs, bad, fresh): every name in `area`, sorted; `bad` holds duplicates and orphans
     (image without label or label without image), `fresh` the orphans young enough to be
     still in the middle of being written (left alone)."""
-    images: dict[str, list[str]] = {}
+    images: dict[str, str] = {}
+    duplicates: dict[str, list[str]] = {}  # name -> every image of a name that has several
     for entry in _visible_files(area.images):
-        images.setdefault(os.path.splitext(entry.name)[0], []).append(entry.path)
+        name = os.path.splitext(entry.name)[0]
+        if name in images:
+            duplicates.setdefault(name, [images[name]]).append(entry.path)
+        else:
+            images[name] = entry.path
     labels = {e.name[:-4]: e.path for e in _visible_files(area.labels) if e.name.endswith(".txt")}
     pairs: list[Pair] = []
     bad: list[BadPair] = []
     fresh: list[str] = []
     now = time.time()
     for name in sorted(images.keys() | labels.keys()):
-        found = sorted(images.get(name, []))
-        for extra in found[1:]:
-            kept = os.path.basename(found[0])
-            bad.append(BadPair(Pair(name, extra, None), f"second image for the same name (kept {kept})"))
-        image, label = (found[0] if found else None), labels.get(name)
+        image, label = images.get(name), labels.get(name)
+        if name in duplicates:
+            image, *extras = sorted(duplicates[name])
+            kept = os.path.basename(image)
+            bad.extend(BadPair(Pair(name, extra, None), f"second image for the same name (kept {kept})")
+                       for extra in extras)
         if image and label:
             pairs.append(Pair(name, image, label))
             continue
@@ -147,23 +152,27 @@ def in_chunks(items: Sequence, size: int = CHUNK) -> list[Sequence]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _current_signature(pair: Pair) -> Signature | None:
-    try:
-        return stat_signature(os.stat(pair.image)) + stat_signature(os.stat(pair.label))
-    except OSError:
-        return None  # gone or unreadable: the check will say so
-
-
 def _from_cache(pairs: Sequence[Pair], entries: dict[str, Entry]) -> tuple[dict[str, CheckedPair], list[Pair]]:
-    """(name -> checked pair, for those whose files are unchanged since cached; the rest)."""
+    """(name -> checked pair, for those whose files are unchanged since cached; the rest).
+    The loop runs once per annotation of data/ at every formation: one os.stat per file, and
+    the signature compared inline (stat_signature's fields)."""
     hits: dict[str, CheckedPair] = {}
     misses: list[Pair] = []
+    stat = os.stat
     for pair in pairs:
         entry = entries.get(pair.name)
-        if entry is not None and entry[0] == os.path.basename(pair.image) and entry[1] == _current_signature(pair):
-            hits[pair.name] = CheckedPair(pair, entry[2], entry[3], entry[4], entry[1])
-        else:
-            misses.append(pair)
+        if entry is not None and pair.image.rpartition("/")[2] == entry[0]:
+            try:
+                image, label = stat(pair.image), stat(pair.label)
+            except OSError:  # gone or unreadable: the check will say so
+                misses.append(pair)
+                continue
+            signature = entry[1]
+            if signature == (image.st_ino, image.st_size, image.st_mtime_ns,
+                             label.st_ino, label.st_size, label.st_mtime_ns):
+                hits[pair.name] = CheckedPair(pair, entry[2], entry[3], entry[4], signature)
+                continue
+        misses.append(pair)
     return hits, misses
 
 
@@ -194,6 +203,15 @@ def check_pairs(pairs: Sequence[Pair], progress: bool = True, cache: Path | None
                 processes: int | None = None) -> tuple[list[CheckedPair], list[BadPair]]:
     """Check and hash every pair, in input order. With `cache` (a CheckCache file) only pairs
     whose files changed since their last check are read. `processes`: None picks by size."""
+    good, bad, remember = check_pairs_later_cached(pairs, progress, cache, processes)
+    remember()
+    return good, bad
+
+
+def check_pairs_later_cached(pairs: Sequence[Pair], progress: bool = True, cache: Path | None = None,
+                             processes: int | None = None) -> tuple[list[CheckedPair], list[BadPair], Callable]:
+    """check_pairs, but the cache is written only when the returned function is called (formation
+    calls it while the files are being linked: a first formation writes 100,000 rows)."""
     check_cache = CheckCache(cache) if cache is not None else None
     entries = check_cache.load() if check_cache else {}
     hits, misses = _from_cache(pairs, entries)
@@ -203,8 +221,11 @@ def check_pairs(pairs: Sequence[Pair], progress: bool = True, cache: Path | None
     for pair in pairs:
         result = hits.get(pair.name) or checked[pair.name]
         (good if isinstance(result, CheckedPair) else bad).append(result)
-    if check_cache is not None:
-        fresh = [(r.pair.name, (os.path.basename(r.pair.image), r.signature, r.image_sha256, r.label_sha256,
-                                r.classes)) for r in checked.values() if isinstance(r, CheckedPair)]
-        check_cache.update(fresh, stale=entries.keys() - {c.pair.name for c in good})
-    return good, bad
+
+    def remember() -> None:
+        if check_cache is not None:
+            fresh = [(r.pair.name, (os.path.basename(r.pair.image), r.signature, r.image_sha256, r.label_sha256,
+                                    r.classes)) for r in checked.values() if isinstance(r, CheckedPair)]
+            check_cache.update(fresh, stale=entries.keys() - {c.pair.name for c in good})
+
+    return good, bad, remember

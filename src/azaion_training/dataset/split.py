@@ -13,16 +13,15 @@ grows.
 import random
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from azaion_training.layout import SPLITS
 
 
-@dataclass(frozen=True)
-class SplitItem:
+class SplitItem(NamedTuple):  # a named tuple: formation builds one per annotation (cheap to make)
     name: str
     group: str  # source media, or the name itself when unknown
-    classes: Sequence[int] = field(default_factory=tuple)  # one entry per box
+    classes: Sequence[int] = ()  # one entry per box
 
 
 def split_targets(total: int, ratios: Sequence[int]) -> list[int]:

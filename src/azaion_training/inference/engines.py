@@ -83,22 +83,21 @@ class OnnxEngine:
     """ONNX Runtime from bytes (a decrypted model never touches the disk); CUDA when the
     installed runtime has it, else CPU. A fixed batch axis in the model wins over
     `batch_size`; without either, 1 frame per call on CPU, the export's batch on a GPU.
-    `threads` per call (0 = ONNX Runtime's default, one per core) and `workers`
-    calls at once (0 = `default_workers()`; one session serves them all, its `run` is
-    thread-safe)."""
+    `workers` calls at once (0 = `default_workers()`; one session serves them all, its `run`
+    is thread-safe) with `threads` each (0 = the cores shared out among the workers: one
+    thread per call is the least CPU per frame, no waiting for each other)."""
 
     def __init__(self, model_bytes: bytes, threads: int = 0, batch_size: int | None = None, workers: int = 0):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        # Idle pool threads sleep instead of spinning: a spinning thread takes a core from the
-        # other engine call, the video decoder and anything else on a small machine
-        # (benchmarks/infer.py: 1.5-2x frames/s on 2 busy cores).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.workers = workers or default_workers()
+        options.intra_op_num_threads = threads or max(1, (os.cpu_count() or 1) // self.workers)
+        # Idle pool threads sleep instead of spinning: a spinning thread takes a core from the
+        # other engine call, the video decoder and anything else on a small machine (on 2 busy
+        # cores a spinning 2-thread yolo26n call took 1.5x the CPU time and 3x the wall time).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         wanted = ("CUDAExecutionProvider", "CPUExecutionProvider")
         providers = [p for p in wanted if p in ort.get_available_providers()]
         try:

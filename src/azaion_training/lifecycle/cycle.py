@@ -176,16 +176,27 @@ def _promote(settings: Settings, state: CycleState) -> dict[str, Any]:
 
 
 def watch(settings: Settings, target: str, min_new: int | None, interval_s: float) -> None:
-    """A cycle every `interval_s` seconds until SIGTERM or SIGINT (between cycles: exits at once;
-    during one: as a single cycle does)."""
+    """A cycle every `interval_s` seconds. SIGTERM while sleeping ends the watch (exit 0); during a
+    cycle it acts as on a single cycle (training checkpoints and exits 143, other steps stop at
+    once), and the next start resumes that cycle."""
     stop = threading.Event()
-    while True:
-        run_cycle(settings, target, min_new)
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
+    sleeping = False
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        stop.set()
+        if not sleeping:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        while True:
+            run_cycle(settings, target, min_new)
+            sleeping = True
             log(logger, logging.INFO, "cycle sleeping", seconds=interval_s)
             if stop.wait(interval_s):
                 log(logger, logging.INFO, "cycle watch stopped")
                 return
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+            sleeping = False
+    finally:
+        signal.signal(signal.SIGTERM, previous)

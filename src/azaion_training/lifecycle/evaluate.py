@@ -76,7 +76,7 @@ def onnx_ms_per_image(onnx: Path, images: list[Path], inference: InferenceSettin
     from azaion_training.inference.pipeline import Detector
 
     frames = [cv2.imread(str(p)) for p in images[:TIMED_IMAGES + 1]]
-    detector = Detector(OnnxEngine(onnx.read_bytes(), threads=inference.threads, batch_size=1),
+    detector = Detector(OnnxEngine(onnx.read_bytes(), threads=inference.threads, batch_size=1, workers=1),
                         conf=inference.conf, iou=inference.iou)
     detector.detect(frames[:1])  # warm-up: session allocation, first-run kernels
     timed = frames[1:] or frames

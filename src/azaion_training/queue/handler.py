@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from azaion_training.annotation_index import AnnotationIndex, IndexEntry
-from azaion_training.fsutil import TEMP_PREFIX, make_durable, remove_stale_temp_files, start_writeback
+from azaion_training.fsutil import TEMP_PREFIX, make_durable, remove_stale_temp_files
 from azaion_training.images import IMAGE_SUFFIXES
 from azaion_training.layout import Layout
 from azaion_training.logs import get_logger, log
@@ -91,7 +91,7 @@ class AnnotationHandler:
         self._dirs: set[str] = set()
         self._failing: tuple[int, int] = (-1, 0)  # (offset, failed attempts) of the last failing message
         self._areas = {"data": layout.data, "seed": layout.seed, "deleted": layout.deleted}
-        # area -> (images dir, labels dir) as strings: paths are built per file, pathlib costs 5x more
+        # area -> (images dir, labels dir) as strings: Path objects per file were ~7 % of the applier's time
         self._dirs_of = {name: (str(area.images), str(area.labels)) for name, area in self._areas.items()}
         layout.init()
         for directory in self._work_dirs():
@@ -245,8 +245,7 @@ class AnnotationHandler:
     def _write(self, directory: str, file_name: str, data: bytes) -> None:
         """Write a temp file in `directory` and rename it to `file_name` (never visible half-written).
         Leaner than fsutil.atomic_writer, which costs twice the time per small file: no fsync
-        (the whole group is made durable in commit(); the write-back starts now, so that the
-        disk works while the next messages are decoded), a fixed temp name (one writer: the
+        (the whole group is made durable in commit()), a fixed temp name (one writer: the
         instance lock; leftovers are removed at start), the umask applied by open()."""
         temp, path = f"{directory}/{TEMP_PREFIX}{file_name}", f"{directory}/{file_name}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
@@ -259,7 +258,6 @@ class AnnotationHandler:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            start_writeback(fd)
         finally:
             os.close(fd)
         os.replace(temp, path)
