@@ -1,4 +1,4 @@
-"""Logging: JSON lines on stdout (`timestamp`, `level`, `service`, `message`, `context`),
+"""Logging: JSON lines on stderr (`timestamp`, `level`, `service`, `message`, `context`),
 human-readable lines on a TTY, and every known secret value redacted from both."""
 
 import json
@@ -64,8 +64,9 @@ def setup_logging(service: str = "azaion", level: str = "INFO", fmt: str = "auto
     """Configure the root logger (the CLI does it from settings.logging). `fmt`: json, human,
     or auto (human lines on a terminal, JSON lines otherwise)."""
     level = level.upper()
-    json_lines = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
-    handler = logging.StreamHandler(sys.stdout)
+    # stderr: stdout carries what a command prints (tables, `--json` documents) and stays parseable
+    json_lines = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service) if json_lines else HumanFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

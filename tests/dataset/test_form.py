@@ -10,8 +10,9 @@ import yaml
 
 from azaion_training.annotation_index import AnnotationIndex, IndexEntry
 from azaion_training.classes import model_class_names
+from azaion_training.dataset import form
 from azaion_training.dataset.form import form_dataset
-from azaion_training.errors import InputError
+from azaion_training.errors import InputError, OperationFailed
 from azaion_training.layout import SPLITS, DatasetDir
 from azaion_training.report.status import collect_status
 from tests.conftest import run_azaion
@@ -125,6 +126,25 @@ def test_other_link_methods(settings, layout, method):
     assert placed.is_symlink() is (method == "symlink")
     assert placed.stat().st_ino != layout.data.image_path(placed.stem, ".jpg").stat().st_ino or method == "symlink"
     assert result.link_method == method
+
+
+@pytest.mark.parametrize(("error", "raised"), [(OSError(28, "No space left on device"), OSError),
+                                               (KeyError("boom"), OperationFailed)])
+def test_a_linking_failure_in_the_linking_process_fails_the_formation(settings, layout, monkeypatch, error,
+                                                                      raised):
+    """Linking runs in a forked process: its error reaches the caller and no data.yaml is written."""
+    add_annotations(layout, 20)
+
+    def place(plan, link):
+        raise error
+
+    monkeypatch.setattr(form, "_place", place)  # inherited by the forked process
+    with pytest.raises(raised):
+        form_dataset(settings, progress=False)
+    assert DatasetDir.latest(layout.datasets) is None
+    assert not any(layout.datasets.glob("azaion-*/data.yaml"))
+    monkeypatch.undo()
+    assert form_dataset(settings, progress=False).counts == {"train": 14, "valid": 4, "test": 2}
 
 
 def test_same_seed_same_split_other_seed_other_split(settings, layout):

@@ -63,7 +63,7 @@ def test_cycles_form_train_promote_and_resume_after_sigterm(tmp_path):
     assert entry["data_count"] == 40 and entry["new"] == 40
     run = json.loads((layout.models / entry["run"] / "run.json").read_text())
     assert run["mode"] == "new" and run["dataset"] == entry["dataset"] and run["split_generation"] == 1
-    steps = [e["context"]["step"] for e in _json_lines(first.stdout) if e["message"] == "cycle step"]
+    steps = [e["context"]["step"] for e in _json_lines(first.stderr) if e["message"] == "cycle step"]
     assert steps == ["form", "train", "promote"]
     assert (tmp_path / "target" / "cdn" / "models" / "azaion.onnx.big").is_file()
 
@@ -74,7 +74,7 @@ def test_cycles_form_train_promote_and_resume_after_sigterm(tmp_path):
     process = subprocess.Popen([str(AZAION_BIN), "cycle", "--once", "--target", target],
                                env={**os.environ, "AZAION_LOG_FORMAT": "json", **env, "TRAINING_EPOCHS": "3"},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in process.stdout:
+    for line in process.stderr:
         if '"epoch done"' in line:
             process.send_signal(signal.SIGTERM)
             break
@@ -86,7 +86,7 @@ def test_cycles_form_train_promote_and_resume_after_sigterm(tmp_path):
 
     resumed = run_azaion("cycle", "--once", "--target", target, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    messages = [e["message"] for e in _json_lines(resumed.stdout)]
+    messages = [e["message"] for e in _json_lines(resumed.stderr)]
     assert "cycle resumed" in messages and "resuming training" in messages and "training started" not in messages
     second = _history(layout)[-1]
     assert second["run"] == state["run"] and second["dataset"] == state["dataset"] != entry["dataset"]
@@ -115,11 +115,11 @@ def test_watch_repeats_cycles_and_stops_on_sigterm(tmp_path):
                                 f"local:{tmp_path / 'target'}"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     sleeps = 0
-    for line in process.stdout:
+    for line in process.stderr:
         sleeps += '"cycle sleeping"' in line
         if sleeps == 2:  # a second cycle ran after the interval
             process.send_signal(signal.SIGTERM)
             break
-    stdout, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr[-2000:]
-    assert "cycle watch stopped" in stdout
+    assert "cycle watch stopped" in stderr

@@ -133,7 +133,7 @@ def test_unreachable_webhook_is_logged_and_retried_next_run(alert_env, webhook, 
     dead = f"http://127.0.0.1:{free_port()}/hook"
     first = health({**alert_env, "ALERT_WEBHOOK_URL": dead})
     assert first.returncode == 1 and "Traceback" not in first.stdout + first.stderr
-    assert "alert not delivered: webhook unreachable" in first.stdout
+    assert "alert not delivered: webhook unreachable" in first.stderr
     assert dead not in first.stdout + first.stderr  # a webhook URL can be a secret (Slack's is)
     broker = FakeBroker(broker_port)
     try:
@@ -152,7 +152,7 @@ def test_a_refusing_or_redirecting_webhook_does_not_change_the_exit_code(alert_e
     try:
         webhook.status, webhook.location = 307, other.url
         result = health(alert_env)
-        assert result.returncode == 1 and "webhook refused it" in result.stdout
+        assert result.returncode == 1 and "webhook refused it" in result.stderr
         assert other.requests == []  # the token is never resent to where a redirect points
     finally:
         other.stop()
@@ -173,4 +173,4 @@ def test_alert_command_posts_a_unit_failure(alert_env, webhook):
 def test_without_a_webhook_alerts_are_only_logged(alert_env):
     env = {**alert_env, "ALERT_WEBHOOK_URL": ""}
     result = run_azaion("alert", "--unit", "azaion-train.service", env=env)
-    assert result.returncode == 0 and "ALERT_WEBHOOK_URL is not set" in result.stdout
+    assert result.returncode == 0 and "ALERT_WEBHOOK_URL is not set" in result.stderr

@@ -112,7 +112,7 @@ def test_consume_applies_stream_and_commits_offsets(rabbit, root, tmp_path, stre
     index = AnnotationIndex(Layout(PathSettings(root_dir=root)).index_db, readonly=True)
     assert index.get_meta("last_offset") == str(len(entries) - 1) and index.get_meta("last_message_time")
     index.close()
-    assert any(line["message"] == "ingest progress" for line in log_lines(result.stdout))
+    assert any(line["message"] == "ingest progress" for line in log_lines(result.stderr))
     # nothing new: a second run applies nothing and keeps the offset
     again = run_azaion("queue", "consume", "--exit-when-idle", "1", env=env_for(rabbit, stream_name), timeout=60)
     assert cli_summary(again.stdout)["applied"] == 0 and offset_file(root)["offset"] == len(entries) - 1
@@ -217,7 +217,7 @@ def test_create_stream_flag_and_cli_tools(rabbit, root, tmp_path, stream_name):
     env = env_for(rabbit, stream_name)
     created_run = run_azaion("queue", "consume", "--create-stream", "--exit-when-idle", "0.5", env=env, timeout=60)
     assert created_run.returncode == 0, created_run.stdout
-    assert any(line["message"] == "created stream" for line in log_lines(created_run.stdout))
+    assert any(line["message"] == "created stream" for line in log_lines(created_run.stderr))
     sample = run_azaion("queue", "publish-sample", "--count", "3", "--size", "96", env=env, timeout=120)
     assert sample.returncode == 0, sample.stderr
     dump = tmp_path / "stream.dump"

@@ -47,7 +47,7 @@ def test_a_message_that_trips_the_handler_is_quarantined_after_three_attempts(ra
     assert record["reason"] == "internal-error" and record["detail"].startswith("TypeError: ")
     assert (root / "queue-rejected" / "1.bin").stat().st_size > 0
     assert sorted(p.stem for p in (root / "data" / "labels").iterdir()) == ["after", "before"]
-    lines = log_lines(result.stdout)
+    lines = log_lines(result.stderr)
     errors = [line for line in lines if line["level"] == "ERROR"]
     assert len(errors) == 1 and "internal-error" in json.dumps(errors[0]), errors
     retries = [line for line in lines if line["message"].startswith("applying a message failed")]

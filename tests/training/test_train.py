@@ -43,7 +43,7 @@ def test_train_end_to_end_records_run_and_installs_best(trained):
     assert record["status"] == "finished" and record["epochs_done"] == 2 and record["mode"] == "new"
     assert record["dataset"] == str(layout.datasets / DATASET)
     assert set(record["metrics"]) == {"precision", "recall", "mAP50", "mAP50-95"}
-    epochs = epoch_lines(result.stdout)
+    epochs = epoch_lines(result.stderr)
     assert [e["epoch"] for e in epochs] == [1, 2]
     for entry in epochs:
         assert {"losses", "precision", "recall", "mAP50", "mAP50-95", "epoch_time_s"} <= set(entry)
@@ -61,7 +61,7 @@ def test_train_publishes_the_parity_checked_onnx_through_the_gate(trained):
     manifest = json.loads(manifests[0].read_text())
     assert manifest["source_run"] == f"azaion-{date.today().isoformat()}"
     assert manifest["plaintext"]["size"] == onnx.stat().st_size
-    assert any(e["message"] == "parity check" for e in json_lines(result.stdout))
+    assert any(e["message"] == "parity check" for e in json_lines(result.stderr))
 
 
 def test_resume_of_finished_run_is_refused(trained):
@@ -94,11 +94,13 @@ def _train_until_epoch_one(root, epochs: int) -> subprocess.Popen:
     env = {**os.environ, "AZAION_LOG_FORMAT": "json", **tiny_env(root)}
     process = subprocess.Popen([str(AZAION_BIN), "train", "--dataset", DATASET, "--epochs", str(epochs)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in process.stdout:
+    seen = []
+    for line in process.stderr:  # the JSON log lines
         if '"epoch done"' in line:
             return process
+        seen.append(line)
     process.wait()
-    raise AssertionError(f"training ended before its first epoch: {process.stderr.read()[-2000:]}")
+    raise AssertionError(f"training ended before its first epoch: {''.join(seen)[-2000:]}")
 
 
 def test_sigkill_during_epoch_two_then_resume_ends_with_three_epochs(tmp_path, synthetic_dataset):
@@ -112,7 +114,7 @@ def test_sigkill_during_epoch_two_then_resume_ends_with_three_epochs(tmp_path, s
 
     result = run_azaion("train", "--resume", str(run_dir), env=tiny_env(root))  # a run directory, as report --run
     assert result.returncode == 0, result.stderr[-2000:]
-    assert [e["epoch"] for e in epoch_lines(result.stdout)] == [2, 3]
+    assert [e["epoch"] for e in epoch_lines(result.stderr)] == [2, 3]
     assert results_rows(run_dir) == 3
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "finished" and record["epochs_done"] == 3 and record["resumed_from_epoch"] == 1
@@ -123,7 +125,7 @@ def test_sigterm_stops_after_a_resumable_checkpoint(tmp_path, synthetic_dataset)
     root = make_root(tmp_path, synthetic_dataset)
     process = _train_until_epoch_one(root, epochs=4)
     process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr[-2000:]
     run_dir = root / "models" / f"azaion-{date.today().isoformat()}"
     assert f"azaion train --resume {run_dir.name}" in stderr

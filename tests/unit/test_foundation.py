@@ -233,8 +233,8 @@ def test_the_cli_makes_ultralytics_offline_at_start(tmp_path):
 def test_log_lines_name_the_command_and_follow_the_level_setting(root):
     formed = run_azaion("dataset", "form", env={"AZAION_LOG_LEVEL": "warning"})
     assert formed.returncode == 0, formed.stderr
-    lines = [json.loads(line) for line in formed.stdout.splitlines() if line.startswith('{"timestamp"')]
-    assert lines, formed.stdout
+    lines = [json.loads(line) for line in formed.stderr.splitlines() if line.startswith('{"timestamp"')]
+    assert lines, formed.stderr
     assert {line["service"] for line in lines} == {"dataset"}
     assert {line["level"] for line in lines} == {"WARNING"}  # "dataset formed" (INFO) filtered out
     bad = run_azaion("--log-level", "loud", "status")
