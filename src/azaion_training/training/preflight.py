@@ -29,11 +29,12 @@ class Check:
 
 def check_dataset(dataset: Path) -> Check:
     """data.yaml present, train and valid splits with images, every label file valid."""
-    if not (dataset / "data.yaml").is_file():
-        return Check("dataset", False, f"{dataset / 'data.yaml'} is missing")
+    directory = DatasetDir(dataset)
+    if not directory.data_yaml.is_file():
+        return Check("dataset", False, f"{directory.data_yaml} is missing")
     counts, bad = {}, []
     for split in TRAINING_SPLITS:
-        images = DatasetDir(dataset).images(split)
+        images = directory.images(split)
         counts[split] = len(images)
         for image in images:
             label = label_path_for(image)

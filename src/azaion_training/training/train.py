@@ -120,7 +120,7 @@ def dataset_yaml(settings: Settings, layout: Layout, name: str | None) -> Path:
 
     if name is None:
         return Path(form_dataset(settings).data_yaml).absolute()
-    data_yaml = resolve_dataset(name, layout) / "data.yaml"
+    data_yaml = DatasetDir(resolve_dataset(name, layout)).data_yaml
     if not data_yaml.is_file():
         raise InputError(f"dataset {name!r} has no data.yaml ({data_yaml}): form it with `azaion dataset form`")
     return data_yaml.absolute()
