@@ -7,6 +7,7 @@ import typer
 
 from azaion_training.cli_support import console, layout, print_json, settings
 from azaion_training.errors import OperationFailed
+from azaion_training.layout import SPLITS
 
 commands = typer.Typer()  # cli.py merges every stage's `commands` into `azaion`
 models_app = typer.Typer(no_args_is_help=True, help="The model registry: versions, promotions, rollback.")
@@ -110,8 +111,8 @@ def evaluate_command(
     from azaion_training.lifecycle.registry import production, target_key
     from azaion_training.training.runs import find_run
 
-    if split not in ("train", "valid", "test"):
-        raise InputError(f"--split {split!r}: use train, valid or test")
+    if split not in SPLITS:
+        raise InputError(f"--split {split!r}: use {', '.join(SPLITS[:-1])} or {SPLITS[-1]}")
     tree = layout()
     base = None
     if baseline == "production":
