@@ -8,11 +8,15 @@
 #              both engines compared frame by frame, and the latency of each (ratio = ONNX Runtime / TensorRT)
 #   health     `azaion health --check gpu` with TRAINING_DEVICE=0
 # Without a GPU it runs nothing and exits 0, saying why in the JSON line.
-#   benchmarks/gpu_check.sh            (PYTHON=... to use another interpreter than .venv/bin/python)
+#   benchmarks/gpu_check.sh            (PYTHON=... to use another interpreter than .venv/bin/python: a path, or a
+#                                       name on the PATH such as python3 with PYTHONPATH=src; AZAION_BIN=... for the
+#                                       `azaion` entry point, else `python -m azaion_training.cli`)
 set -uo pipefail
 
 repo=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-$repo/.venv/bin/python}
+# A bare name (PYTHON=python3, with PYTHONPATH=src) is looked up on the PATH.
+[[ $python == */* ]] || python=$(command -v -- "$python" 2>/dev/null || printf '%s' "$python")
 budget_s=${GPU_CHECK_BUDGET_S:-560}
 
 skip() { printf '{"benchmark": "gpu_check", "ran": false, "reason": "%s"}\n' "$1"; exit 0; }
@@ -25,12 +29,18 @@ gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1)
     || skip "nvidia-smi sees $gpu but torch.cuda.is_available() is false (driver/CUDA mismatch?)"
 
 workdir=$(mktemp -d)
-trap 'rm -rf -- "$workdir"' EXIT
-export GPU_CHECK_WORKDIR=$workdir AZAION_BIN=${AZAION_BIN:-$(dirname -- "$python")/azaion}
+# GPU_CHECK_LOG=path keeps a copy of the run's stderr (Ultralytics' log, tracebacks) after the run.
+trap '[[ -n ${GPU_CHECK_LOG:-} ]] && cp -- "$workdir/stderr.log" "$GPU_CHECK_LOG"; rm -rf -- "$workdir"' EXIT
+# No `azaion` entry point beside the interpreter (the package only on PYTHONPATH): the health step runs
+# `python -m azaion_training.cli` instead.
+azaion_bin=${AZAION_BIN:-$(dirname -- "$python")/azaion}
+[[ -x $azaion_bin ]] || azaion_bin=""
+export GPU_CHECK_WORKDIR=$workdir AZAION_BIN=$azaion_bin
 timeout --signal=TERM "$budget_s" "$python" - >"$workdir/result.json" 2>"$workdir/stderr.log" <<'PY'
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -189,7 +199,8 @@ def tensorrt():
 
 @step("health")
 def health():
-    run = subprocess.run([os.environ["AZAION_BIN"], "health", "--check", "gpu", "--json"], capture_output=True,
+    azaion = [os.environ["AZAION_BIN"]] if os.environ["AZAION_BIN"] else [sys.executable, "-m", "azaion_training.cli"]
+    run = subprocess.run([*azaion, "health", "--check", "gpu", "--json"], capture_output=True,
                          text=True, timeout=60, env={**os.environ, "TRAINING_DEVICE": "0",
                                                      "AZAION_ROOT_DIR": str(WORK / "azaion")})
     check = json.loads(run.stdout)["checks"][0]
