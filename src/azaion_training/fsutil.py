@@ -127,3 +127,14 @@ def _syncfs(path: Path) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 4 MiB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(4 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

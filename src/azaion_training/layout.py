@@ -12,6 +12,7 @@
     <root>/models/                         training runs, azaion.pt, azaion.onnx, publish manifests
     <root>/models/base/                    base weights fetched by `azaion weights pull`
     <root>/classes.json                    annotation classes
+    <root>/backups/<UTC time>/             snapshots of the state (`azaion backup`, docs/backup.md)
 """
 
 import os
@@ -147,13 +148,15 @@ class Layout:
         self.offset_file = self.queue_state / "offset.yaml"
         self.index_db = self.queue_state / "annotations.sqlite3"
         self.locks = self.queue_state / "locks"
+        # left by `azaion backup restore`: the consumer resumes after the restored offset, not the broker's
+        self.restore_marker = self.queue_state / "restored.yaml"
         self.datasets = self.root / "datasets"
         self.split_registry = self.datasets / "splits.sqlite3"  # sticky splits (dataset/split_registry.py)
         self.models = self.root / "models"
         self.base_weights = self.models / "base"  # `azaion weights pull` (lifecycle/weights.py)
-        self.current_pt = self.models / "azaion.pt"
-        self.current_onnx = self.models / "azaion.onnx"
+        self.base_weights_lock = self.base_weights / "weights.lock.json"  # hashes `weights pull` recorded
         self.classes_json = self.root / "classes.json"
+        self.backups = self.root / "backups"  # `azaion backup create`'s default destination (ops/backup.py)
 
     def areas(self) -> dict[str, Area]:
         return {"data": self.data, "seed": self.seed, "deleted": self.deleted,

@@ -110,6 +110,8 @@ class TrainingSettings(_Section):
 class ExportSettings(_Section):
     onnx_imgsz: int = env(1280, "EXPORT_ONNX_IMGSZ", required=True, ge=32)
     max_batch: int = env(8, "EXPORT_MAX_BATCH", ge=1, le=64)
+    # a parity check where PyTorch and ONNX both score below this mAP50 proves nothing: it fails
+    parity_min_map50: float = env(0.05, "EXPORT_PARITY_MIN_MAP50", ge=0, le=1)
 
     @field_validator("onnx_imgsz")
     @classmethod
@@ -161,14 +163,43 @@ class HealthSettings(_Section):
     broker_timeout_s: float = env(3.0, "HEALTH_BROKER_TIMEOUT_S", gt=0)
 
 
+class BackupSettings(_Section):
+    # where `azaion backup create` writes (and list/prune/health look): a directory or s3://bucket/prefix;
+    # "" = <root>/backups (same disk as the data: copy it elsewhere, or point this at another disk or S3)
+    destination: str = env("", "BACKUP_DESTINATION")
+    # snapshots `azaion backup create` keeps (the newest); 0 = keep all
+    keep: int = env(14, "BACKUP_KEEP", ge=0)
+    # `azaion health` warns when the newest snapshot is older than this; 0 = no backups expected here (n/a)
+    max_age_h: float = env(36.0, "BACKUP_MAX_AGE_H", ge=0)
+    # S3 destinations: a bucket and key pair of the backups' own (not the model CDN's)
+    s3_endpoint: str = env("", "BACKUP_S3_ENDPOINT")
+    s3_region: str = env("us-east-1", "BACKUP_S3_REGION", min_length=1)
+    s3_access_key: str = env("", "BACKUP_S3_ACCESS_KEY")
+    s3_secret_key: SecretStr | None = env(None, "BACKUP_S3_SECRET_KEY")
+
+
 class LifecycleSettings(_Section):
     # where `azaion weights pull` downloads base weights from (a mirror in production)
     weights_base_url: str = env("https://github.com/ultralytics/assets/releases/download/v8.4.0",
                                 "WEIGHTS_BASE_URL")
+    # hosts a weights download may be redirected to besides WEIGHTS_BASE_URL's own (comma list); the
+    # default names the hosts GitHub serves release assets from (the default base URL redirects there)
+    weights_allow_redirect_hosts: str = env("release-assets.githubusercontent.com,objects.githubusercontent.com",
+                                            "WEIGHTS_ALLOW_REDIRECT_HOSTS")
+    weights_max_bytes: int = env(1 << 30, "WEIGHTS_MAX_BYTES", gt=0)  # a larger download is refused
+    weights_deadline_s: float = env(1800.0, "WEIGHTS_DEADLINE_S", gt=0)  # for a whole `weights pull`
     # the gate publishes a candidate only if its mAP50 >= production's - this (negative: must beat it)
     promotion_min_delta: float = env(0.0, "PROMOTION_MIN_DELTA", ge=-1, le=1)
+    # ...and only if its mAP50 is at least this, also for the first promotion on a target
+    promotion_min_map50: float = env(0.1, "PROMOTION_MIN_MAP50", ge=0, le=1)
+    # per-class guard: a class with at least this many test instances...
+    promotion_class_min_instances: int = env(20, "PROMOTION_CLASS_MIN_INSTANCES", ge=1)
+    # ...may not lose more than this AP50 against production
+    promotion_max_class_drop: float = env(0.1, "PROMOTION_MAX_CLASS_DROP", ge=0, le=1)
     # `azaion cycle` trains only when at least this many validated annotations are new
     cycle_min_new: int = env(500, "CYCLE_MIN_NEW", ge=1)
+    # fine-tune budget of one cycle; 0 = a tenth of TRAINING_EPOCHS (at least 1)
+    cycle_epochs: int = env(0, "CYCLE_EPOCHS", ge=0)
     cycle_interval_s: float = env(3600.0, "CYCLE_INTERVAL_S", gt=0)
 
 
@@ -181,8 +212,15 @@ class AlertSettings(_Section):
 class CockpitSettings(_Section):
     host: str = env("127.0.0.1", "COCKPIT_HOST")
     port: int = env(8600, "COCKPIT_PORT", ge=1, le=65535)
-    # needed to promote/roll back from the browser and to bind to anything but loopback
+    # with it (or COCKPIT_USERS) every page needs a login; >= 32 characters to bind beyond loopback
     token: SecretStr | None = env(None, "COCKPIT_TOKEN")
+    # named operators: a 0600 file of `name:scrypt:...` lines (`azaion serve add-user NAME`)
+    users_file: Path | None = env(None, "COCKPIT_USERS")
+    # Host header values served, comma-separated (`name` or `name:port`); empty = the bind address,
+    # localhost, 127.0.0.1 and [::1] on any port
+    allowed_hosts: str = env("", "COCKPIT_ALLOWED_HOSTS")
+    # how long a login lasts
+    session_hours: float = env(12.0, "COCKPIT_SESSION_HOURS", gt=0, le=24 * 30)
 
 
 class Settings(_Section):
@@ -197,6 +235,7 @@ class Settings(_Section):
     inference: InferenceSettings = InferenceSettings()
     logging: LoggingSettings = LoggingSettings()
     health: HealthSettings = HealthSettings()
+    backup: BackupSettings = BackupSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
     alerts: AlertSettings = AlertSettings()
     cockpit: CockpitSettings = CockpitSettings()

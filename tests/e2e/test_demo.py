@@ -70,7 +70,13 @@ def test_demo_builds_every_stage_artefact(demo_run):
         assert list((dataset / split / "images").iterdir()), f"empty {split} split"
     # model, ONNX, encrypted parts and manifest
     assert (artefacts["run"] / "results.csv").is_file()
-    assert (root / "models" / "azaion.pt").is_file() and artefacts["onnx"].is_file()
+    assert artefacts["pt"].is_file() and artefacts["onnx"].is_file()
+    assert not (root / "models" / "azaion.pt").exists()  # no moving "current" file: production is per target
+    history = [json.loads(line) for line in (root / "models/published/models/history.jsonl").read_text().splitlines()]
+    assert [e["action"] for e in history] == ["promote"]  # published through the gate, judged on the ONNX
+    gate = history[0]["gate"]
+    assert gate["passed"] and gate["engine"] == "ONNX" and gate["imgsz"] == gate["candidate_imgsz"]
+    assert gate["candidate"]["mAP50"] >= 0.1  # the floor
     manifest = json.loads(artefacts["manifest"].read_text())
     published = workdir / "published"
     assert (published / "api" / "models" / manifest["small"]["name"]).is_file()

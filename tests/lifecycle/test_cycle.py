@@ -43,7 +43,7 @@ def test_cycle_with_too_little_data_trains_nothing(tmp_path):
     _add_annotations(layout, 5, 1, tmp_path)
     result = run_azaion("cycle", "--once", "--target", f"local:{tmp_path / 'target'}", env=_cycle_env(root))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "cycle skipped: 5 new validated annotations, 30 needed" in result.stdout
+    assert "cycle skipped: 5 new validated annotations" in result.stdout and "30 needed" in result.stdout
     assert not list(layout.models.glob("azaion-*")) and not list(layout.datasets.iterdir())
     assert _history(layout) == [] and not (tmp_path / "target").exists()
 
@@ -68,11 +68,12 @@ def test_cycles_form_train_promote_and_resume_after_sigterm(tmp_path):
     assert (tmp_path / "target" / "cdn" / "models" / "azaion.onnx.big").is_file()
 
     _add_annotations(layout, 10, 2, tmp_path)  # 10 < 30 new since the last cycle's dataset
+    # new = not in the dataset production trained on (its 40 are not new any more)
     assert "cycle skipped: 10 new" in run_azaion("cycle", "--once", "--target", target, env=env).stdout
 
     _add_annotations(layout, 25, 3, tmp_path)  # 35 new: a second cycle, stopped during training
     process = subprocess.Popen([str(AZAION_BIN), "cycle", "--once", "--target", target],
-                               env={**os.environ, "AZAION_LOG_FORMAT": "json", **env, "TRAINING_EPOCHS": "3"},
+                               env={**os.environ, "AZAION_LOG_FORMAT": "json", **env, "CYCLE_EPOCHS": "3"},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stderr:
         if '"epoch done"' in line:
@@ -81,11 +82,12 @@ def test_cycles_form_train_promote_and_resume_after_sigterm(tmp_path):
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 143, stderr[-3000:]
     state = json.loads((layout.models / "cycle" / "state.json").read_text())
-    assert state["step"] == "train" and state["parent"] == entry["run"] and state["new"] == 35
+    assert state["step"] == "train" and state["parent"] == entry["run"] and state["new"] == 35 and state["epochs"] == 3
     assert json.loads((layout.models / state["run"] / "run.json").read_text())["status"] == "interrupted"
 
-    resumed = run_azaion("cycle", "--once", "--target", target, env=env)
+    resumed = run_azaion("cycle", "--once", "--target", target, env={**env, "COLUMNS": "200"})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "gate [test, " in resumed.stdout and "ONNX]: candidate mAP50" in resumed.stdout  # figures on stdout
     messages = [e["message"] for e in _json_lines(resumed.stderr)]
     assert "cycle resumed" in messages and "resuming training" in messages and "training started" not in messages
     second = _history(layout)[-1]
@@ -123,3 +125,28 @@ def test_watch_repeats_cycles_and_stops_on_sigterm(tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr[-2000:]
     assert "cycle watch stopped" in stderr
+
+
+def test_cycle_budget_defaults_to_a_tenth_of_training_epochs():
+    from azaion_training.lifecycle.cycle import cycle_epochs
+
+    assert cycle_epochs(load_settings(env={"TRAINING_EPOCHS": "120"}), None) == 12
+    assert cycle_epochs(load_settings(env={"TRAINING_EPOCHS": "5"}), None) == 1
+    assert cycle_epochs(load_settings(env={"TRAINING_EPOCHS": "120", "CYCLE_EPOCHS": "7"}), None) == 7
+    assert cycle_epochs(load_settings(env={"CYCLE_EPOCHS": "7"}), 2) == 2  # --epochs wins
+
+
+def test_cycle_fails_fast_without_the_model_key(tmp_path):
+    """Everything a publish needs is checked before forming, training or exporting anything."""
+    import time
+
+    root = tmp_path / "azaion"
+    env = {k: v for k, v in _cycle_env(root).items() if k != "MODEL_ENCRYPTION_KEY"}
+    layout = Layout(load_settings(env=env).paths)
+    layout.init()
+    _add_annotations(layout, 30, 1, tmp_path)
+    started = time.monotonic()
+    result = run_azaion("cycle", "--once", "--target", f"local:{tmp_path / 'target'}", env=env)
+    assert result.returncode == 2 and "MODEL_ENCRYPTION_KEY" in result.stderr and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 15  # the CLI's own start-up included; the check itself is immediate
+    assert not list(layout.datasets.iterdir()) and not list(layout.models.glob("azaion-*"))

@@ -4,21 +4,49 @@ fetch-model round trip: what a device downloads is exactly the ONNX of the promo
 import json
 
 from azaion_training.lifecycle.evaluate import Comparison, ModelScore
-from azaion_training.lifecycle.promote import gate_passes
+from azaion_training.lifecycle.promote import GateRules, gate_reasons
 from tests.conftest import run_azaion
 from tests.distribution.conftest import EMAIL, PASSWORD
 from tests.lifecycle.conftest import json_of
 
 
-def _score(run: str, map50: float) -> ModelScore:
-    return ModelScore(run, {"mAP50": map50, "mAP50-95": map50 / 2, "precision": 0.5, "recall": 0.5})
+def _score(run: str, map50: float, per_class: dict | None = None) -> ModelScore:
+    return ModelScore(run, {"mAP50": map50, "mAP50-95": map50 / 2, "precision": 0.5, "recall": 0.5},
+                      per_class or {}, imgsz=64)
+
+
+def _rules(min_delta: float = 0.0, min_map50: float = 0.0, instances: int = 20, drop: float = 0.1) -> GateRules:
+    return GateRules(min_delta, min_map50, instances, drop)
 
 
 def test_gate_is_candidate_map50_at_least_production_minus_delta():
     worse = Comparison("d", "test", 10, 64, _score("new", 0.40), _score("prod", 0.50))
-    assert not gate_passes(worse, 0.0) and not gate_passes(worse, 0.05)
-    assert gate_passes(worse, 0.1)
-    assert gate_passes(Comparison("d", "test", 10, 64, _score("new", 0.5), _score("prod", 0.5)), 0.0)
+    assert gate_reasons(worse, _rules(0.0))[0] and gate_reasons(worse, _rules(0.05))[0]
+    assert gate_reasons(worse, _rules(0.1)) == ([], [])
+    assert gate_reasons(Comparison("d", "test", 10, 64, _score("new", 0.5), _score("prod", 0.5)), _rules()) == ([], [])
+    reason = gate_reasons(worse, _rules(0.0))[0][0]
+    assert "[test, 10 images, imgsz 64, ONNX]" in reason  # every figure names where it was measured
+
+
+def test_gate_floor_applies_to_a_first_promotion_too():
+    first = Comparison("d", "test", 10, 64, _score("new", 0.0), None)
+    reasons, _ = gate_reasons(first, _rules(min_map50=0.1))
+    assert len(reasons) == 1 and "PROMOTION_MIN_MAP50" in reasons[0] and "0.0000" in reasons[0]
+    assert gate_reasons(Comparison("d", "test", 10, 64, _score("new", 0.2), None), _rules(min_map50=0.1)) == ([], [])
+
+
+def test_gate_class_guard_names_the_class_and_both_figures():
+    def rows(truck: float, car: float, truck_n: int = 30) -> dict:
+        return {"Truck": {"ap50": truck, "instances": truck_n}, "Car": {"ap50": car, "instances": 50}}
+
+    candidate = Comparison("d", "test", 10, 64, _score("new", 0.70, rows(0.40, 0.95)),
+                           _score("prod", 0.65, rows(0.70, 0.60)))
+    reasons, drops = gate_reasons(candidate, _rules())  # better overall, but Truck fell by 0.30
+    assert [d["class"] for d in drops] == ["Truck"] and drops[0]["drop"] == 0.3
+    assert len(reasons) == 1 and "Truck" in reasons[0] and "0.7000" in reasons[0] and "0.4000" in reasons[0]
+    few = Comparison("d", "test", 10, 64, _score("new", 0.70, rows(0.40, 0.95, truck_n=5)),
+                     _score("prod", 0.65, rows(0.70, 0.60, truck_n=5)))
+    assert gate_reasons(few, _rules()) == ([], [])  # 5 instances: below PROMOTION_CLASS_MIN_INSTANCES
 
 
 def _target_files(directory) -> dict[str, bytes]:
@@ -40,13 +68,14 @@ def test_promote_gate_force_rollback_round_trip(two_runs, tmp_path):
     target_dir = tmp_path / "target"
     target = f"local:{target_dir}"
     models = two_runs.layout().models
-    first_onnx, second_onnx = (models / run / "azaion.onnx" for run in (two_runs.first, two_runs.second))
+    first_onnx, second_onnx = (models / run / "export" / "azaion-64-opset-default.onnx"
+                               for run in (two_runs.first, two_runs.second))
 
     def promote(*extra: str):
         return run_azaion("models", "promote", two_runs.second if extra else two_runs.first, "--target", target,
                           *extra, env={**two_runs.env, "COLUMNS": "200"})
 
-    first = promote()  # nothing promoted yet: publishes without a comparison
+    first = promote()  # nothing promoted yet: judged against the floor only
     assert first.returncode == 0, first.stderr[-2000:]
     assert "(first)" in first.stdout
     assert _fetch(two_runs, target, tmp_path / "a.onnx") == first_onnx.read_bytes()
@@ -75,11 +104,13 @@ def test_promote_gate_force_rollback_round_trip(two_runs, tmp_path):
     assert [(e["action"], e["run"], e["forced"] if "forced" in e else None) for e in mine] == [
         ("promote", two_runs.first, False), ("refused", two_runs.second, False), ("promote", two_runs.second, True),
         ("rollback", two_runs.first, None), ("promote", two_runs.second, False)]
-    assert mine[0]["gate"] is None and mine[2]["gate"] is None  # first promotion, forced: no comparison
-    for event in (mine[1], mine[4]):
+    assert mine[0]["gate"]["production"] is None and mine[0]["gate"]["passed"]  # first: the floor only
+    assert mine[2]["gate"]["passed"] is False  # forced past a refusal: the figures are recorded all the same
+    for event in (mine[1], mine[2], mine[4]):
         gate = event["gate"]
-        assert gate["split"] == "test" and gate["images"] == 12 and gate["min_delta"] in (-1.0, 1.0)
+        assert gate["split"] == "test" and gate["images"] == 12 and gate["engine"] == "ONNX" and gate["imgsz"] == 64
         assert {"mAP50", "mAP50-95"} <= set(gate["candidate"]) and {"mAP50"} <= set(gate["production"])
+        assert gate["interval"]["resamples"] == 1000
     assert all(e["by"] and e["at"] and e["onnx_sha256"] for e in mine)
     assert mine[3]["from"] == two_runs.second
 
@@ -105,7 +136,8 @@ def test_promote_and_rollback_on_the_azaion_target(two_runs, api, tmp_path):
     assert run_azaion("models", "rollback", "--target", "azaion", env=env).returncode == 0
     fetched = run_azaion("fetch-model", "azaion.onnx", "--out", str(tmp_path / "f.onnx"), env=env)
     assert fetched.returncode == 0, fetched.stderr[-2000:]
-    assert (tmp_path / "f.onnx").read_bytes() == (models / two_runs.first / "azaion.onnx").read_bytes()
+    assert (tmp_path / "f.onnx").read_bytes() == \
+        (models / two_runs.first / "export" / "azaion-64-opset-default.onnx").read_bytes()
     assert PASSWORD not in fetched.stdout + fetched.stderr
     compared = json_of(run_azaion("evaluate", "--candidate", two_runs.second, "--baseline", "production",
                                   "--target", "azaion", "--json", env=env))

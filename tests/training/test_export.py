@@ -53,7 +53,7 @@ def test_exported_onnx_takes_batch_1_and_5_and_carries_metadata(trained):
     import onnxruntime as ort
 
     root = trained[0]
-    path = next((root / "models").glob("azaion-*/azaion.onnx"))  # `train --publish` exports the run's own ONNX
+    path = next((root / "models").glob("azaion-*/export/azaion-64-*.onnx"))  # `train --publish` exports the run's own
     metadata = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert ast.literal_eval(metadata["imgsz"]) == [64, 64]
     names = ast.literal_eval(metadata["names"])
@@ -106,7 +106,7 @@ def test_parity_passes_for_a_good_export_and_fails_for_a_broken_one(parity_root,
     assert report.images == 4 and report.pytorch_map50 > 0.5
     assert report.passed and abs(report.onnx_map50 - report.pytorch_map50) <= 0.01
     good = result.files["onnx"]
-    assert good == root / "models" / "azaion.onnx"
+    assert good == weights.with_name(f"fall-{PARITY_IMGSZ}.onnx")  # weights from outside any run: beside them
     assert socket_guard.attempts == []
 
     broken = onnx.load(str(good))
@@ -142,7 +142,8 @@ def test_parity_fails_when_the_onnx_scores_far_above_the_weights(parity_root, tr
     settings = load_settings(env={"AZAION_ROOT_DIR": str(tmp_path / "azaion"), "EXPORT_ONNX_IMGSZ": str(PARITY_IMGSZ)})
     good = export(settings, weights=weights, verify=False).files["onnx"]
     with pytest.raises(OperationFailed, match="above PyTorch mAP50") as failure:
-        verify_onnx(settings, good, weights=trained[0] / "models" / "azaion.pt", dataset=dataset)
+        verify_onnx(settings, good, weights=next((trained[0] / "models").glob("azaion-*/weights/best.pt")),
+                    dataset=dataset)
     assert failure.value.exit_code == 1
 
 
@@ -163,7 +164,7 @@ def test_unavailable_formats_are_refused_before_any_work(tmp_path, formats, mess
     result = run_azaion("export", "--formats", formats, env={"AZAION_ROOT_DIR": str(tmp_path)})
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "models" / "azaion.onnx").exists()
+    assert not list(tmp_path.rglob("*.onnx"))
 
 
 def test_export_without_weights_is_a_clear_error(tmp_path):

@@ -31,13 +31,15 @@ def results_rows(run_dir) -> int:
     return len((run_dir / "results.csv").read_text().splitlines()) - 1
 
 
-def test_train_end_to_end_records_run_and_installs_best(trained):
+def test_train_end_to_end_records_run_and_moves_no_current_file(trained):
     root, _, result = trained
     layout = Layout(load_settings(env={"AZAION_ROOT_DIR": str(root)}).paths)
     run_dir = layout.models / f"azaion-{date.today().isoformat()}"
     assert results_rows(run_dir) == 2
-    assert layout.current_pt.read_bytes() == (run_dir / "weights" / "best.pt").read_bytes()
-    assert not list(layout.models.glob(".tmp-*"))  # the atomic copy left no temp file
+    assert (run_dir / "weights" / "best.pt").is_file()
+    # what is current is production per target (the registry): no models/azaion.pt is replaced
+    assert not (layout.models / "azaion.pt").exists() and not (layout.models / "azaion.onnx").exists()
+    assert not list(layout.models.glob(".tmp-*"))
     assert (layout.models / "checkpoint.txt").read_text().startswith(str(date.today().year))
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "finished" and record["epochs_done"] == 2 and record["mode"] == "new"
@@ -52,10 +54,13 @@ def test_train_end_to_end_records_run_and_installs_best(trained):
 
 def test_train_publishes_the_parity_checked_onnx_through_the_gate(trained):
     root, published, result = trained
-    onnx = root / "models" / f"azaion-{date.today().isoformat()}" / "azaion.onnx"  # the run's own export
+    # the run's own export, at the size it trained at (64), keyed by size and opset
+    onnx = root / "models" / f"azaion-{date.today().isoformat()}" / "export" / "azaion-64-opset-default.onnx"
     assert onnx.is_file()
     history = [json.loads(line) for line in (root / "models/published/models/history.jsonl").read_text().splitlines()]
-    assert [(e["action"], e["gate"]) for e in history] == [("promote", None)]  # the first promotion publishes
+    assert [e["action"] for e in history] == ["promote"]
+    gate = history[0]["gate"]  # the first promotion is judged too (the floor), with nothing to compare with
+    assert gate["passed"] and gate["production"] is None and gate["imgsz"] == 64 and gate["engine"] == "ONNX"
     manifests = list(published.rglob("*.manifest.json"))
     assert len(manifests) == 1
     manifest = json.loads(manifests[0].read_text())
@@ -118,7 +123,7 @@ def test_sigkill_during_epoch_two_then_resume_ends_with_three_epochs(tmp_path, s
     assert results_rows(run_dir) == 3
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "finished" and record["epochs_done"] == 3 and record["resumed_from_epoch"] == 1
-    assert (root / "models" / "azaion.pt").is_file()
+    assert (run_dir / "weights" / "best.pt").is_file()
 
 
 def test_sigterm_stops_after_a_resumable_checkpoint(tmp_path, synthetic_dataset):
@@ -133,7 +138,7 @@ def test_sigterm_stops_after_a_resumable_checkpoint(tmp_path, synthetic_dataset)
     assert record["status"] == "interrupted"
     last, done, epochs = resumable_checkpoint(run_dir)
     assert epochs == 4 and 2 <= done < 4 and record["epochs_done"] == done
-    assert not (root / "models" / "azaion.pt").exists()  # an unfinished run is not installed
+    assert not (run_dir / "weights" / "best.pt").exists() or record["status"] != "finished"
 
 
 def test_fine_tune_from_pt_on_a_dataset_formed_from_data_offline(trained, tmp_path, socket_guard):
@@ -143,13 +148,13 @@ def test_fine_tune_from_pt_on_a_dataset_formed_from_data_offline(trained, tmp_pa
     layout.init()
     write_synthetic_yolo_split(layout.data.root, 30, 96, seed=5)
     base = root / "base.pt"
-    base.write_bytes((trained[0] / "models" / "azaion.pt").read_bytes())
+    base.write_bytes(next((trained[0] / "models").glob("azaion-*/weights/best.pt")).read_bytes())
     result = train(settings, TrainRequest(epochs=1, from_weights=base))  # no --dataset: one is formed first
     assert result.status == "finished" and result.epochs_done == 1
     record = json.loads((result.run_dir / "run.json").read_text())
     assert record["mode"] == "fine-tune" and record["model"] == str(base)
     assert record["dataset"] == str(layout.datasets / f"azaion-{date.today().isoformat()}")
-    assert layout.current_pt.read_bytes() == result.best.read_bytes()
+    assert result.best.is_file()
     assert socket_guard.attempts == []
 
 

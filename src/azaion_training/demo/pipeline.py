@@ -4,7 +4,7 @@ with parity check -> encrypted split publish to a local target -> verified fetch
 inference on a rendered video -> HTML report. No broker (unless asked), GPU, cloud or network.
 """
 
-import hashlib
+import json
 import logging
 import secrets
 import time
@@ -19,9 +19,10 @@ from azaion_training.errors import OperationFailed
 from azaion_training.layout import Layout
 from azaion_training.logs import get_logger, log, register_secret
 from azaion_training.settings import Settings
+from azaion_training.training.runs import RUN_ONNX
 
 logger = get_logger("demo")
-MODEL_NAME = "azaion-demo.onnx"
+MODEL_NAME = RUN_ONNX  # what a promotion publishes
 
 # Ultralytics' defaults suit long GPU runs on real data; a 2-minute CPU run from scratch
 # learns with these (auto-optimizer would pick AdamW at lr 1e-4 for 80 classes, far too slow,
@@ -103,8 +104,9 @@ def run_demo(options: DemoOptions) -> DemoResult:
     ingest = steps.run("consume the stream", lambda: ingest_stream(settings, dump, options.broker is not None))
     formed = steps.run("form the dataset", lambda: _form(settings, options.seed))
     trained = steps.run("train yolo26n on CPU", lambda: _train(settings, formed))
-    exported = steps.run("export ONNX with the parity check", lambda: _export(settings, formed))
-    published = steps.run("encrypt, split and publish", lambda: _publish(settings, exported, trained, workdir))
+    exported = steps.run("export ONNX with the parity check", lambda: _export(settings, trained))
+    published = steps.run("judge, encrypt, split and publish (promote)",
+                          lambda: _publish(settings, trained, workdir))
     video = steps.run("render a flight video", lambda: _video(options))
     inference = steps.run("infer on the video with the fetched model",
                           lambda: _infer(settings, video, workdir, published["target"]))
@@ -115,7 +117,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
         report=report.index_html, map50=report.evaluation.map50 if report.evaluation else None,
         timings_s=steps.timings,
         artefacts={"dump": str(dump), "dataset": str(formed.path), "run": str(trained.run_dir),
-                   "pt": str(layout.current_pt), "onnx": str(exported.files["onnx"]),
+                   "pt": str(trained.best), "onnx": str(exported["path"]),
                    "manifest": str(published["manifest_path"]), "video": str(video),
                    "inference": str(workdir / "inference"), "report": str(report.index_html)},
         counts={"stream": stream.as_dict(), "ingest": ingest})
@@ -152,29 +154,35 @@ def _train(settings: Settings, formed):
     return train(settings, TrainRequest(dataset=str(formed.path), hyperparameters=DEMO_HYPERPARAMETERS))
 
 
-def _export(settings: Settings, formed):
-    """The export stage as production runs it: ONNX plus its parity check (PyTorch vs our ONNX
-    inference on the valid split, at most 0.01 mAP50 apart)."""
-    from azaion_training.training.export import export
+def _export(settings: Settings, trained) -> dict[str, Any]:
+    """The run's ONNX as promotion exports it: once, at the size the run trained at, with the
+    parity check (PyTorch vs our ONNX inference on the valid split, at most 0.01 mAP50 apart)."""
+    from azaion_training.training.export import run_onnx
+    from azaion_training.training.runs import RunRecord
 
-    return export(settings, dataset=str(formed.path))
+    return run_onnx(settings, RunRecord.load(trained.run_dir))[1]
 
 
-def _publish(settings: Settings, exported, trained, workdir: Path) -> dict[str, Any]:
-    """Publish the ONNX to a local API/CDN stand-in, fetch it back and prove it is the same
-    model (SHA-256 of the decrypted bytes, in memory)."""
-    from azaion_training.distribution.fetch import fetch_model_bytes
-    from azaion_training.distribution.publish import publish_model
+def _publish(settings: Settings, trained, workdir: Path) -> dict[str, Any]:
+    """Promote the run to a local API/CDN stand-in through the gate, as production does: its
+    ONNX judged on the test split, encrypted, split, published atomically, then fetched back,
+    decrypted in memory and checked against what was judged (SHA-256 and sample scores)."""
+    from azaion_training.distribution.publish import local_manifest_path
+    from azaion_training.lifecycle.promote import promote
+    from azaion_training.lifecycle.registry import FOLDER
 
     target = f"local:{workdir / 'published'}"
-    onnx = Path(exported.files["onnx"])
-    result = publish_model(settings, onnx, name=MODEL_NAME, target=target, source_run=trained.run_dir.name)
-    fetched = fetch_model_bytes(settings, MODEL_NAME, target=target)
-    expected = hashlib.sha256(onnx.read_bytes()).hexdigest()
-    if hashlib.sha256(fetched).hexdigest() != expected:
-        raise OperationFailed("the fetched model differs from the published ONNX")
-    return {"target": target, "manifest_path": result.manifest_path, "manifest": result.manifest,
-            "fetch_check": f"fetched {len(fetched)} bytes, decrypted in memory, SHA-256 {expected[:16]}... matches"}
+    decision = promote(settings, trained.run_dir.name, target=target)
+    if decision.action != "promote":
+        raise OperationFailed(f"the demo model was not promoted ({decision.action}): "
+                              + "; ".join(decision.reasons or []))
+    comparison = decision.comparison
+    gate = comparison.candidate
+    manifest_path = local_manifest_path(Layout(settings.paths), FOLDER, MODEL_NAME)
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    return {"target": target, "manifest_path": manifest_path, "manifest": manifest, "gate": gate.metrics,
+            "fetch_check": f"judged mAP50 {gate.metrics['mAP50']:.3f} [{comparison.where(gate)}]; fetched back, "
+                           f"decrypted in memory, SHA-256 {gate.onnx_sha256[:16]}... matches the judged ONNX"}
 
 
 def _video(options: DemoOptions) -> Path:
@@ -217,14 +225,15 @@ def _report(settings: Settings, trained, exported, stream, ingest, published, in
     from azaion_training.report.build import ReportInputs, annotated_frames, build_report
 
     summary = asdict(inference)
-    parity = exported.parity
+    parity = exported["parity"]
     inputs = ReportInputs(
         run_dir=trained.run_dir, title="Azaion demo: annotations to an encrypted model on video",
         ingest=ingest_rows(stream, ingest),
         publish={"manifest": published["manifest"], "fetch": published["fetch_check"]},
         inference=summary, inference_frames=annotated_frames(summary),
         extra={"images generated": options.images, "imgsz": options.imgsz, "epochs": options.epochs,
-               "ONNX parity (valid split mAP50)": f"PyTorch {parity.pytorch_map50:.3f}, ONNX {parity.onnx_map50:.3f} "
-                                                  f"on {parity.images} images",
+               "ONNX parity (valid split mAP50)": f"PyTorch {parity['pytorch_map50']:.3f}, ONNX "
+                                                  f"{parity['onnx_map50']:.3f} on {parity['images']} images "
+                                                  f"at imgsz {parity['imgsz']}",
                **{f"time: {k} (s)": v for k, v in timings.items()}})
     return build_report(settings, inputs, options.workdir / "report")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from azaion_training.cli_support import console, layout, print_json, settings
+from azaion_training.cli_support import console, print_json, settings
 
 commands = typer.Typer()  # cli.py merges every stage's `commands` into `azaion`
 
@@ -14,7 +14,9 @@ NO_MANIFEST_HELP = ("For models published by other tooling (no manifest): decryp
 
 
 @commands.command("publish")
-def publish(file: Path | None = typer.Option(None, "--file", help="Model file (default models/azaion.onnx)."),
+def publish(file: Path = typer.Option(..., "--file", help="Model file, e.g. a run's export/azaion-1280-*.onnx "
+                                                         "(runs are published through the gate: "
+                                                         "`azaion models promote`)."),
             name: str | None = typer.Option(None, "--name", help="Resource name (default: the file name)."),
             folder: str = typer.Option("models", "--folder", help="API folder / CDN key prefix."),
             target: str = typer.Option("azaion", "--target", help=TARGET_HELP),
@@ -23,7 +25,7 @@ def publish(file: Path | None = typer.Option(None, "--file", help="Model file (d
     """Encrypt a model with MODEL_ENCRYPTION_KEY, split it, big part to the CDN, small part to the API."""
     from azaion_training.distribution.publish import publish_model
 
-    result = publish_model(settings(), file or layout().current_onnx, name=name, folder=folder, target=target,
+    result = publish_model(settings(), file, name=name, folder=folder, target=target,
                            source_run=source_run)
     if as_json:
         print_json(result.manifest)

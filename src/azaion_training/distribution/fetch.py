@@ -163,3 +163,21 @@ def _check_part(filename: str, size: int, sha256: str, expected: dict[str, Any])
             f"part {filename} does not match its manifest (size {size}, expected {expected['size']}; SHA-256 "
             f"{sha256[:12]}…, expected {str(expected['sha256'])[:12]}…): it was tampered with, truncated, or "
             "belongs to another publish of the model; publish again or clear the CDN cache")
+
+
+def served_plaintext_sha256(settings: Settings, name: str, target: str, folder: str = "models") -> str | None:
+    """SHA-256 of the plaintext the target's authenticated manifest names: what a fetch from the
+    target yields now (None when the target has no manifest of that name)."""
+    name = checked_name(name, "model name")
+    folder = checked_name(folder, "folder")
+    store = open_target(settings, target)
+    try:
+        manifest_name = part_names(name)[2]
+        try:
+            text = store.get_small(folder, manifest_name)
+        except ResourceNotFound:
+            return None
+        return verify(text, f"{store.description} {folder}/{manifest_name}", mac_key(settings), folder,
+                      name)["plaintext"]["sha256"]
+    finally:
+        store.close()

@@ -3,7 +3,6 @@ big parts in the CDN bucket under `<folder>/<name>.big`. `local:DIR`: the same f
 DIR/api/<folder>/ and DIR/cdn/<folder>/, no servers (the embedded default for development
 and demos)."""
 
-import hashlib
 import logging
 import shutil
 from pathlib import Path
@@ -12,20 +11,11 @@ from typing import Protocol
 from azaion_training.distribution.api_client import ApiClient, ResourceNotFound
 from azaion_training.distribution.cdn import CDN_CONFIG_FOLDER, CDN_CONFIG_NAME, CdnManager, parse_cdn_config
 from azaion_training.errors import ConfigError, InputError
-from azaion_training.fsutil import atomic_write_bytes, atomic_writer
+from azaion_training.fsutil import atomic_write_bytes, atomic_writer, file_sha256  # noqa: F401 (re-exported)
 from azaion_training.logs import get_logger, log
-from azaion_training.security.crypto import read_chunks
 from azaion_training.settings import Settings
 
 logger = get_logger("distribution.targets")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in read_chunks(handle):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Target(Protocol):

@@ -4,8 +4,7 @@ from pathlib import Path
 
 import typer
 
-from azaion_training.cli_support import console, layout, print_json, settings
-from azaion_training.errors import InputError
+from azaion_training.cli_support import console, print_json, settings
 
 commands = typer.Typer()  # cli.py merges every stage's `commands` into `azaion`
 
@@ -38,10 +37,12 @@ def infer(
 
     from azaion_training.inference.pipeline import run_inference
 
-    chosen = model or layout().current_onnx
-    if not model and not Path(chosen).is_file():
-        raise InputError(f"no --model given and {chosen} does not exist: export one with `azaion export` "
-                         "or pass --model PATH|NAME")
+    if model:
+        chosen = model
+    else:  # what is current is production on a target (the registry), never a moving file
+        from azaion_training.lifecycle.promote import production_model_file
+
+        chosen = str(production_model_file(settings(), target or "azaion"))
     summary = run_inference(settings(), source, chosen, out or Path.cwd() / "azaion-infer" / source.stem,
                             every=every, batch=batch, conf=conf, iou=iou,
                             write_video=not no_video, target=target or None, engine=engine,

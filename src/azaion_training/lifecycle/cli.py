@@ -30,21 +30,42 @@ def _promoted(version: dict[str, Any]) -> str:
         (" rollback" if last["action"] == "rollback" else "")
 
 
+def _recovered(message: str | None) -> None:
+    if message:
+        console.print(f"recovered first: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _production_score(version: dict[str, Any]) -> str:
+    """Production's gate figure for a version: mAP50 on the gate's split, size and engine."""
+    gates = [e.get("gate") for e in version["promotions"] if e.get("action") == "promote" and e.get("gate")]
+    if not gates:
+        return "-"
+    gate = gates[-1]
+    return f"{gate['candidate']['mAP50']:.4f} ({gate['split']}, {gate['images']} img, imgsz {gate.get('imgsz')}, ONNX)"
+
+
 @models_app.command("list")
 def list_command(as_json: bool = typer.Option(False, "--json", help="Print the versions as JSON.")) -> None:
-    """Every training run as a version: status, dataset, parent, mAP50, mAP50-95, promotions."""
+    """Every training run as a version: status, dataset, parent, mAP50 (valid, PyTorch), the gate's
+    ONNX score when promoted, promotions."""
     from rich.table import Table
 
-    from azaion_training.lifecycle.registry import list_versions
+    from azaion_training.lifecycle.registry import list_versions, recover_pending
 
-    versions = list_versions(layout())
+    tree = layout()
+    recovered = recover_pending(settings(), tree)
+    versions = list_versions(tree)
     if as_json:
-        print_json(versions)
+        print_json({"recovered": recovered, "versions": versions} if recovered else versions)
         return
-    table = Table("run", "status", "dataset", "parent", "mAP50", "mAP50-95", "promoted", title="Model versions")
+    _recovered(recovered)
+    table = Table(title="Model versions", title_justify="left")
+    table.add_column("run", no_wrap=True, min_width=max((len(v["run"]) for v in versions), default=3))
+    for name in ("status", "dataset", "parent", "mAP50 valid PyTorch", "gate (ONNX)", "promoted"):
+        table.add_column(name, overflow="fold")
     for v in versions:
         table.add_row(v["run"], v["status"], v["dataset"] or "-", v["parent"] or v["base"] or "-",
-                      _figure(v["mAP50"]), _figure(v["mAP50-95"]), _promoted(v))
+                      _figure(v["mAP50"]), _production_score(v), _promoted(v))
     console.print(table)
 
 
@@ -71,17 +92,23 @@ def show_command(run: str = typer.Argument(..., help="A run name under models/ o
 
 
 def _print_comparison(comparison) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from azaion_training.lifecycle.evaluate import METRICS
 
     base = comparison.baseline
-    title = (f"{comparison.candidate.run} vs {base.run if base else '(no baseline)'} on "
-             f"{comparison.dataset} [{comparison.split}, {comparison.images} images, imgsz {comparison.imgsz}]")
+    sizes = f"imgsz {comparison.candidate.imgsz}" + (
+        f" vs {base.imgsz}" if base and base.imgsz != comparison.candidate.imgsz else "")
+    title = escape(f"{comparison.candidate.run} vs {base.run if base else '(no baseline)'} on "
+                   f"{comparison.dataset} [{comparison.split}, {comparison.images} images, {sizes}, ONNX]")
     table = Table("metric", "candidate", "baseline", "difference", title=title)
     for key in METRICS:
         table.add_row(key, _figure(comparison.candidate.metrics[key]),
                       _figure(base.metrics[key] if base else None), _figure(comparison.delta(key)))
+    if comparison.interval:
+        table.add_row("mAP50 difference, 95% interval", "", "",
+                      f"{comparison.interval['low']:+.4f} .. {comparison.interval['high']:+.4f}")
     table.add_row("ONNX ms/image", _figure(comparison.candidate.ms_per_image),
                   _figure(base.ms_per_image if base else None),
                   _figure(round(comparison.candidate.ms_per_image - base.ms_per_image, 2)
@@ -89,9 +116,10 @@ def _print_comparison(comparison) -> None:
                           else None))
     classes = sorted(set(comparison.candidate.per_class) | set(base.per_class if base else {}))
     for name in classes:
-        mine = comparison.candidate.per_class.get(name)
-        theirs = base.per_class.get(name) if base else None
-        table.add_row(f"AP50 {name}", _figure(mine), _figure(theirs),
+        mine = comparison.candidate.ap50(name)
+        theirs = base.ap50(name) if base else None
+        instances = (comparison.candidate.per_class.get(name) or base.per_class.get(name))["instances"]
+        table.add_row(escape(f"AP50 {name} ({instances})"), _figure(mine), _figure(theirs),
                       _figure(round(mine - theirs, 4) if mine is not None and theirs is not None else None))
     console.print(table)
 
@@ -103,26 +131,31 @@ def evaluate_command(
     target: str = typer.Option("azaion", "--target", help="With --baseline production: " + TARGET_HELP),
     dataset: str | None = typer.Option(None, "--dataset", help="Dataset name or path (default: the candidate's)."),
     split: str = typer.Option("test", "--split", help="train, valid or test."),
+    imgsz: int | None = typer.Option(None, "--imgsz", min=32,
+                                     help="Export and judge at this size (default: the size each run trained at)."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
-    """Candidate and baseline through the same evaluation on the same split, side by side."""
+    """The candidate's ONNX and the baseline's through the same inference pipeline on the same split."""
     from azaion_training.errors import InputError
     from azaion_training.lifecycle.evaluate import compare
-    from azaion_training.lifecycle.registry import production, target_key
+    from azaion_training.lifecycle.promote import production_onnx
+    from azaion_training.lifecycle.registry import production_stack, read_history, target_key
     from azaion_training.training.runs import find_run
 
     if split not in SPLITS:
         raise InputError(f"--split {split!r}: use {', '.join(SPLITS[:-1])} or {SPLITS[-1]}")
     tree = layout()
-    base = None
+    base = base_onnx = None
     if baseline == "production":
-        name = production(tree, target_key(target))
-        if name is None:
-            raise InputError(f"nothing is promoted on {target_key(target)}: no production baseline")
-        base = find_run(tree, name)
+        key = target_key(target, settings())
+        events = read_history(tree)
+        stack = production_stack(events, key, settings())
+        if not stack:
+            raise InputError(f"nothing is promoted on {key}: no production baseline")
+        base, base_onnx = production_onnx(tree, key, stack[-1], events)
     elif baseline is not None:
         base = find_run(tree, baseline)
-    comparison = compare(settings(), find_run(tree, candidate), base, dataset, split)
+    comparison, _, _ = compare(settings(), find_run(tree, candidate), base, dataset, split, imgsz, base_onnx)
     if as_json:
         print_json(comparison.to_dict())
     else:
@@ -136,35 +169,40 @@ def promote_command(
     min_delta: float | None = typer.Option(None, "--min-delta", min=-1.0, max=1.0,
                                            help="Publish if candidate mAP50 >= production - D (default "
                                                 "PROMOTION_MIN_DELTA; negative: require an improvement)."),
-    force: bool = typer.Option(False, "--force", help="Skip the gate (recorded as forced)."),
+    imgsz: int | None = typer.Option(None, "--imgsz", min=32,
+                                     help="Export and judge at this size (default: the size the run trained at)."),
+    force: bool = typer.Option(False, "--force", help="Publish even if the gate refuses (recorded as forced)."),
     as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
 ) -> None:
-    """Export (once), evaluate against production on the target, publish only if the gate passes."""
-    promote_and_report(run, target, min_delta, force, as_json)
+    """Export the run's ONNX (once per size), judge it against production's ONNX, publish only if the gate passes."""
+    promote_and_report(run, target, min_delta, force, as_json, imgsz)
 
 
 def promote_and_report(run: str, target: str, min_delta: float | None = None, force: bool = False,
-                       as_json: bool = False) -> None:
+                       as_json: bool = False, imgsz: int | None = None) -> None:
     """Promote through the gate and print the decision; a refusal exits 1 (also `azaion train --publish`)."""
     from azaion_training.lifecycle.promote import promote
 
-    decision = promote(settings(), run, target, min_delta, force)
+    decision = promote(settings(), run, target, min_delta, force, imgsz)
     if as_json:
         print_json(decision.to_dict())
-    elif decision.comparison is not None:
-        _print_comparison(decision.comparison)
+    else:
+        _recovered(decision.recovered)
+        if decision.comparison is not None:
+            _print_comparison(decision.comparison)
     if decision.action == "refused":
-        comparison = decision.comparison
-        raise OperationFailed(f"promotion of {run} refused: candidate mAP50 "
-                              f"{comparison.candidate.metrics['mAP50']:.4f} < production {decision.production} "
-                              f"mAP50 {comparison.baseline.metrics['mAP50']:.4f} - {decision.min_delta}; "
-                              f"the published model on {decision.target} is unchanged (override with --force)")
+        raise OperationFailed(f"promotion of {run} refused: " + "; ".join(decision.reasons or []) +
+                              f"; the published model on {decision.target} is unchanged (override with --force)")
     if not as_json:
+        where = decision.comparison.where(decision.comparison.candidate) if decision.comparison else ""
+        forced = ""
+        if decision.forced:
+            forced = f" (forced past: {'; '.join(decision.reasons)})" if decision.reasons else " (forced)"
         message = {"unchanged": f"{run} already is production on {decision.target}: nothing published",
-                   "promote": f"[green]promoted[/green] {run} to {decision.target}"
-                              + (" (forced, gate skipped)" if decision.forced else "")
-                              + (f", replacing {decision.production}" if decision.production else " (first)")}
-        console.print(message[decision.action], highlight=False, soft_wrap=True)
+                   "promote": f"promoted {run} to {decision.target}{forced}"
+                              + (f", replacing {decision.production}" if decision.production else " (first)")
+                              + (f"; judged on {where}" if where else "")}
+        console.print(message[decision.action], markup=False, highlight=False, soft_wrap=True)
 
 
 @models_app.command("rollback")
@@ -187,9 +225,13 @@ def cycle_command(
     watch: bool = typer.Option(False, "--watch", help="A cycle every --interval seconds until stopped."),
     interval: float | None = typer.Option(None, "--interval", min=1, help="Seconds; default CYCLE_INTERVAL_S."),
     min_new: int | None = typer.Option(None, "--min-new", min=1, help="Default CYCLE_MIN_NEW."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1,
+                                      help="Fine-tune epochs (default CYCLE_EPOCHS: a tenth of TRAINING_EPOCHS)."),
+    imgsz: int | None = typer.Option(None, "--imgsz", min=32,
+                                     help="Train and judge at this size (default: production's training size)."),
     target: str = typer.Option("azaion", "--target", help=TARGET_HELP),
 ) -> None:
-    """Continuous training: form, fine-tune from production, export, evaluate, promote through the gate."""
+    """Continuous training: form, fine-tune from production, judge the ONNX, promote through the gate."""
     from azaion_training.errors import InputError
     from azaion_training.lifecycle.cycle import run_cycle
     from azaion_training.lifecycle.cycle import watch as watch_cycles
@@ -197,14 +239,33 @@ def cycle_command(
     if once and watch:
         raise InputError("--once and --watch exclude each other")
     if watch:
-        watch_cycles(settings(), target, min_new, interval or settings().lifecycle.cycle_interval_s)
+        watch_cycles(settings(), target, min_new, interval or settings().lifecycle.cycle_interval_s, epochs, imgsz)
         return
-    outcome = run_cycle(settings(), target, min_new)
+    outcome = run_cycle(settings(), target, min_new, epochs, imgsz)
+    _recovered(outcome.get("recovered"))
     if outcome["action"] == "skipped":
-        console.print(f"cycle skipped: {outcome['new']} new validated annotations, {outcome['min_new']} needed",
-                      highlight=False)
+        console.print(f"cycle skipped: {outcome['new']} new validated annotations (not in the dataset "
+                      f"{outcome.get('reference') or 'any finished run'} trained on), {outcome['min_new']} needed",
+                      markup=False, highlight=False, soft_wrap=True)
         return
     # a refusal is a normal outcome of the loop (exit 0): the history records it
-    console.print(f"cycle done: dataset {outcome['dataset']}, run {outcome['run']}, decision {outcome['action']}"
+    console.print(f"cycle done: dataset {outcome['dataset']}, run {outcome['run']} ({outcome['epochs']} epochs at "
+                  f"imgsz {outcome['imgsz']}), decision {outcome['action']}"
                   + (f" (production on {outcome['target']} unchanged)" if outcome["action"] == "refused" else ""),
-                  highlight=False, soft_wrap=True)
+                  markup=False, highlight=False, soft_wrap=True)
+    gate = outcome.get("gate") or {}
+    if gate:
+        production = gate.get("production") or {}
+        interval = gate.get("interval") or {}
+        console.print(f"gate [{gate['split']}, {gate['images']} images, imgsz {gate.get('imgsz')}, ONNX]: candidate "
+                      f"mAP50 {gate['candidate']['mAP50']:.4f}"
+                      + (f", production {production['mAP50']:.4f}, delta {gate['delta']:+.4f}" if production else
+                         ", no production yet")
+                      + (f", 95% interval {interval['low']:+.4f} .. {interval['high']:+.4f}" if interval else ""),
+                      markup=False, highlight=False, soft_wrap=True)
+        for drop in gate.get("class_drops") or []:
+            console.print(f"  blocked by class {drop['class']}: AP50 {drop['production_ap50']:.4f} -> "
+                          f"{drop['candidate_ap50']:.4f} ({drop['instances']} instances)",
+                          markup=False, highlight=False, soft_wrap=True)
+        for reason in outcome.get("reasons") or []:
+            console.print(f"  refused: {reason}", markup=False, highlight=False, soft_wrap=True)

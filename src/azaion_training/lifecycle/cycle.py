@@ -1,9 +1,12 @@
 """`azaion cycle`: continuous training (docs/model-registry.md).
 
-When at least `min_new` validated annotations were added to data/ since the last cycle's
-dataset: form a dataset (sticky splits), fine-tune from the production model on the target
-(TRAINING_MODEL when nothing is promoted yet), export with the parity check, evaluate and
-promote through the gate, and record the decision. One cycle at a time per root (a lock); the
+When at least `min_new` validated annotations in data/ are new — not in the dataset the
+reference model trained on (production on the target, else the latest finished run) — form a
+dataset (sticky splits), fine-tune from the production model on the target (TRAINING_MODEL when
+nothing is promoted yet) for CYCLE_EPOCHS (default a tenth of TRAINING_EPOCHS: a fine-tune
+starts from a converged model and needs far fewer epochs than a training from scratch), at the
+production run's image size, then judge its ONNX and promote through the gate
+(lifecycle/promote.py), and record the decision. One cycle at a time per root (a lock); the
 step in progress is kept in `models/cycle/state.json`, so a crash or SIGTERM resumes it on the
 next start (training through `--resume`). Finished cycles are appended to
 `models/cycle/history.jsonl`. Every step logs one JSON line.
@@ -42,6 +45,8 @@ class CycleState:
     run: str | None = None
     base: str | None = None  # the weights the run starts from (production's best.pt); None: TRAINING_MODEL
     parent: str | None = None  # the production run it fine-tunes
+    epochs: int | None = None  # the fine-tune budget
+    imgsz: int | None = None  # the size it trains (and is judged) at
 
 
 def cycle_dir(layout: Layout) -> Path:
@@ -78,12 +83,57 @@ def _append_history(layout: Layout, entry: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
-def validated_count(layout: Layout) -> int:
-    """Validated annotations: label files in data/ (one per annotation)."""
+def validated_names(layout: Layout) -> set[str]:
+    """Validated annotations: the stems of the label files in data/ (one per annotation)."""
     if not layout.data.labels.is_dir():
-        return 0
+        return set()
     with os.scandir(layout.data.labels) as entries:
-        return sum(1 for e in entries if e.name.endswith(".txt") and not e.name.startswith("."))
+        return {e.name[:-4] for e in entries if e.name.endswith(".txt") and not e.name.startswith(".")}
+
+
+def validated_count(layout: Layout) -> int:
+    return len(validated_names(layout))
+
+
+def trained_names(dataset: str | None) -> set[str]:
+    """The annotations a dataset holds (its manifest's files), empty when it is gone."""
+    from azaion_training.layout import DatasetDir
+
+    if not dataset:
+        return set()
+    manifest = DatasetDir(Path(dataset)).manifest
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError):
+        return set()
+    return {f["annotation"] for f in files if isinstance(f, dict) and f.get("annotation")}
+
+
+def reference_run(layout: Layout, target: str):
+    """The model new data is counted against: production on the target, else the latest finished run."""
+    from azaion_training.training.runs import find_run, latest_run
+
+    current = production(layout, target)
+    if current is not None:
+        try:
+            return find_run(layout, current)
+        except Exception:  # noqa: BLE001 - production trained elsewhere: fall back to the local runs
+            pass
+    return latest_run(layout, status="finished")
+
+
+def new_annotations(layout: Layout, target: str) -> tuple[int, int, str | None]:
+    """(new, validated, reference run): validated annotations not in the reference model's dataset."""
+    names = validated_names(layout)
+    reference = reference_run(layout, target)
+    trained = trained_names(reference.dataset if reference else None)
+    return len(names - trained), len(names), reference.run if reference else None
+
+
+def cycle_epochs(settings: Settings, epochs: int | None) -> int:
+    if epochs:
+        return epochs
+    return settings.lifecycle.cycle_epochs or max(1, settings.training.epochs // 10)
 
 
 def _step(state: CycleState, step: str, **context: Any) -> None:
@@ -95,23 +145,33 @@ def cycle_lock(layout: Layout) -> InstanceLock:
     return InstanceLock(layout.lock_file("cycle"), "cycle")
 
 
-def run_cycle(settings: Settings, target: str = "azaion", min_new: int | None = None) -> dict[str, Any]:
+def run_cycle(settings: Settings, target: str = "azaion", min_new: int | None = None, epochs: int | None = None,
+              imgsz: int | None = None) -> dict[str, Any]:
     """One cycle (or the rest of an interrupted one); returns what it did."""
+    from azaion_training.lifecycle.promote import require_publishable
+    from azaion_training.lifecycle.registry import recover_pending
+
     layout = Layout(settings.paths)
     layout.init()
     min_new = overridden(settings.lifecycle, cycle_min_new=min_new).cycle_min_new
     with cycle_lock(layout):
+        recovered = recover_pending(settings, layout)
         state = load_state(layout)
         if state is None:
-            count = validated_count(layout)
-            history = [h for h in cycle_history(layout) if h.get("dataset")]
-            new = count - (history[-1]["data_count"] if history else 0)
+            new, count, reference = new_annotations(layout, target_key(target, settings))
             if new < min_new:
                 log(logger, logging.INFO, "cycle skipped: not enough new annotations", new=new, min_new=min_new,
-                    validated=count)
-                return {"action": "skipped", "new": new, "min_new": min_new, "validated": count}
-            state = CycleState(datetime.now(UTC).isoformat(timespec="seconds"), target_key(target), count, new)
-            if production(layout, state.target) is None:
+                    validated=count, reference=reference)
+                return {"action": "skipped", "new": new, "min_new": min_new, "validated": count,
+                        "reference": reference, "recovered": recovered}
+            require_publishable(settings, target)  # before hours of training, not after
+            key = target_key(target, settings)
+            fine_tune = production(layout, key) is not None
+            # a fine-tune of production gets the cycle's budget; the first model trains in full
+            state = CycleState(datetime.now(UTC).isoformat(timespec="seconds"), key, count, new,
+                               epochs=cycle_epochs(settings, epochs) if fine_tune else
+                               (epochs or settings.training.epochs))
+            if not fine_tune:
                 from azaion_training.lifecycle.weights import resolve_training_model
                 from azaion_training.training.train import model_source
 
@@ -120,13 +180,15 @@ def run_cycle(settings: Settings, target: str = "azaion", min_new: int | None = 
             _step(state, FORM, new=new, validated=count, target=state.target)
             _save(layout, state)
         else:
+            require_publishable(settings, target)
             log(logger, logging.INFO, "cycle resumed", cycle=state.cycle, step=state.step, run=state.run)
         if state.step == FORM:
-            _form(settings, layout, state)
+            _form(settings, layout, state, imgsz)
         if state.step == TRAIN:
             _train(settings, layout, state)
-        decision = _promote(settings, state)
-        entry = {**asdict(state), "ended": datetime.now(UTC).isoformat(timespec="seconds"), **decision}
+        decision = _promote(settings, state, target)
+        entry = {**asdict(state), "ended": datetime.now(UTC).isoformat(timespec="seconds"), **decision,
+                 "recovered": recovered}
         entry.pop("step")
         _append_history(layout, entry)
         _state_path(layout).unlink()
@@ -134,13 +196,16 @@ def run_cycle(settings: Settings, target: str = "azaion", min_new: int | None = 
         return entry
 
 
-def _form(settings: Settings, layout: Layout, state: CycleState) -> None:
+def _form(settings: Settings, layout: Layout, state: CycleState, imgsz: int | None) -> None:
     from azaion_training.dataset.form import form_dataset
     from azaion_training.training.runs import find_run
 
     current = production(layout, state.target)
-    if current is not None:
-        state.parent, state.base = current, str(find_run(layout, current).best_weights)
+    parent = find_run(layout, current) if current is not None else None
+    if parent is not None:
+        state.parent, state.base = current, str(parent.best_weights)
+    # the production run's size: a candidate is judged at the size it trained at, like production
+    state.imgsz = imgsz or (parent.trained_imgsz if parent else None) or settings.training.imgsz
     formed = form_dataset(settings, progress=False)
     state.dataset = str(formed.path)
     _step(state, TRAIN, dataset=formed.path.name, sources=formed.sources, parent=state.parent)
@@ -151,7 +216,7 @@ def _train(settings: Settings, layout: Layout, state: CycleState) -> None:
     from azaion_training.training.runs import RunRecord, is_run_dir
     from azaion_training.training.train import TrainRequest, next_run_name, resume, train
 
-    if state.run is not None and (layout.models / state.run / "weights" / "last.pt").is_file():
+    if state.run is not None and RunRecord.load(layout.models / state.run).last_weights.is_file():
         if RunRecord.load(layout.models / state.run).status != "finished":
             resume(settings, state.run)
     else:
@@ -159,23 +224,24 @@ def _train(settings: Settings, layout: Layout, state: CycleState) -> None:
             state.run = next_run_name(layout.models)
             _save(layout, state)
         request = TrainRequest(dataset=state.dataset, from_weights=Path(state.base) if state.base else None,
-                               run_name=state.run)
+                               run_name=state.run, epochs=state.epochs, imgsz=state.imgsz)
         train(settings, request)
     _step(state, PROMOTE, run=state.run)
     _save(layout, state)
 
 
-def _promote(settings: Settings, state: CycleState) -> dict[str, Any]:
+def _promote(settings: Settings, state: CycleState, target: str) -> dict[str, Any]:
     from azaion_training.lifecycle.promote import promote
 
-    decision = promote(settings, state.run, target=state.target)
+    decision = promote(settings, state.run, target=target)
     comparison = decision.comparison
     return {"action": decision.action, "production_before": decision.production,
-            "gate": decision.event.get("gate") if decision.event else None,
+            "gate": decision.event.get("gate") if decision.event else None, "reasons": decision.reasons,
             "candidate_mAP50": comparison.candidate.metrics["mAP50"] if comparison else None}
 
 
-def watch(settings: Settings, target: str, min_new: int | None, interval_s: float) -> None:
+def watch(settings: Settings, target: str, min_new: int | None, interval_s: float, epochs: int | None = None,
+          imgsz: int | None = None) -> None:
     """A cycle every `interval_s` seconds. SIGTERM while sleeping ends the watch (exit 0); during a
     cycle it acts as on a single cycle (training checkpoints and exits 143, other steps stop at
     once), and the next start resumes that cycle."""
@@ -191,7 +257,7 @@ def watch(settings: Settings, target: str, min_new: int | None, interval_s: floa
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         while True:
-            run_cycle(settings, target, min_new)
+            run_cycle(settings, target, min_new, epochs, imgsz)
             sleeping = True
             log(logger, logging.INFO, "cycle sleeping", seconds=interval_s)
             if stop.wait(interval_s):

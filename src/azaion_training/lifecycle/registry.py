@@ -22,10 +22,12 @@ HISTORY = "history.jsonl"
 PROMOTE, REFUSED, ROLLBACK = "promote", "refused", "rollback"
 
 
-def target_key(target: str) -> str:
-    """The target as history records it: `azaion`, or `local:` with an absolute directory."""
+def target_key(target: str, settings: Any = None) -> str:
+    """The target's identity as history records it: `local:` with the directory's resolved real
+    path (symlinks, `..` and trailing slashes resolved, so two spellings of one folder are one
+    target), or `azaion` (the Azaion API + CDN of this configuration)."""
     if target.startswith("local:") and len(target) > len("local:"):
-        return f"local:{Path(target.removeprefix('local:')).expanduser().absolute()}"
+        return f"local:{os.path.realpath(Path(target.removeprefix('local:')).expanduser())}"
     if target != "azaion":
         raise InputError(f"unknown target {target!r}: use 'azaion' (Azaion API + CDN) or 'local:DIR'")
     return target
@@ -74,13 +76,13 @@ def operator() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def production_stack(events: list[dict[str, Any]], target: str) -> list[str]:
+def production_stack(events: list[dict[str, Any]], target: str, settings: Any = None) -> list[str]:
     """The runs promoted on `target`, oldest first, with rolled-back ones removed: the last one is
     production, the one before is what a rollback restores."""
-    key = target_key(target)
+    key = target_key(target, settings)
     stack: list[str] = []
     for event in events:
-        if event.get("target") != key:
+        if not event.get("target") or target_key(event["target"]) != key:
             continue
         if event.get("action") == PROMOTE:
             stack.append(event["run"])
@@ -125,3 +127,63 @@ def show_version(layout: Layout, ref: str, folder: str = FOLDER) -> dict[str, An
     events = read_history(layout, folder)
     version = _version(record, events, _current(events))
     return {**record.to_dict(), "production_on": version["production_on"], "promotions": version["promotions"]}
+
+
+# ---------------------------------------------------------------------------------------- recoverable publish
+
+
+def pending_path(layout: Layout, folder: str = FOLDER) -> Path:
+    return history_path(layout, folder).with_name("pending.json")
+
+
+def publish_recorded(settings: Any, layout: Layout, file: Path, target: str, event: dict[str, Any],
+                     name: str, folder: str = FOLDER) -> dict[str, Any]:
+    """Publish `file` and append `event` as one recoverable step: an intent record first, then the
+    publish (its manifest switched last), then the history line, then the intent is removed.
+    A crash anywhere leaves the intent for recover_pending()."""
+    import uuid
+
+    from azaion_training.distribution.publish import publish_model
+    from azaion_training.fsutil import atomic_write_text, file_sha256
+
+    event = {**event, "id": uuid.uuid4().hex, "onnx_sha256": event.get("onnx_sha256") or file_sha256(file)}
+    intent = {"target": target, "name": name, "folder": folder, "event": event}
+    atomic_write_text(pending_path(layout, folder), json.dumps(intent, default=str) + "\n")
+    publish_model(settings, file, name=name, folder=folder, target=target, source_run=event.get("run"))
+    written = append_event(layout, event, folder)
+    pending_path(layout, folder).unlink()
+    fsync_dir(pending_path(layout, folder).parent)
+    return written
+
+
+def recover_pending(settings: Any, layout: Layout, folder: str = FOLDER) -> str | None:
+    """Complete or roll back a publish that a crash interrupted (see publish_recorded): when the
+    target serves the intent's model, the history line is appended (once); otherwise the old model
+    is still served and the intent is dropped. Returns what was done (None: nothing pending)."""
+    import logging
+
+    from azaion_training.logs import get_logger, log
+
+    path = pending_path(layout, folder)
+    if not path.is_file():
+        return None
+    intent = json.loads(path.read_text(encoding="utf-8"))
+    event = intent["event"]
+    served = _served_sha256(settings, intent["target"], intent["folder"], intent["name"])
+    what = f"{event.get('action')} of {event.get('run')} on {event.get('target')}"
+    if served == event.get("onnx_sha256"):
+        if not any(e.get("id") == event["id"] for e in read_history(layout, folder)):
+            append_event(layout, event, folder)
+        message = f"completed a half-done {what}: the target serves it, the history now records it"
+    else:
+        message = f"rolled back a half-done {what}: the target still serves the previous model"
+    path.unlink()
+    log(get_logger("lifecycle.registry"), logging.WARNING, message)
+    return message
+
+
+def _served_sha256(settings: Any, target: str, folder: str, name: str) -> str | None:
+    """The plaintext SHA-256 the target's manifest names (None: no manifest there)."""
+    from azaion_training.distribution.fetch import served_plaintext_sha256
+
+    return served_plaintext_sha256(settings, name, target, folder)

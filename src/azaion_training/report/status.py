@@ -13,6 +13,7 @@ from azaion_training.labels import LabelError, parse_line
 from azaion_training.layout import SPLITS, Area, DatasetDir, Layout, image_files
 from azaion_training.queue.offsets import read_offset_record
 from azaion_training.report.plots import read_results_csv
+from azaion_training.rootfiles import is_file_inside, read_text_inside
 from azaion_training.settings import Settings
 from azaion_training.training.runs import latest_run
 
@@ -31,13 +32,25 @@ def area_counts(area: Area) -> dict[str, int]:
     return {"images": len(image_files(area.images)), "labels": _count_files(area.labels, {".txt"})}
 
 
-def class_histogram(labels_dir: Path, names: dict[int, str]) -> dict[str, int]:
+def _text(path: Path, root: Path | None) -> str:
+    """The file's text; with `root` (the cockpit, `azaion status`) only a regular file inside it
+    (rootfiles.open_inside: a symlink out of the tree raises OSError)."""
+    if root is None:
+        return path.read_text(encoding="utf-8", errors="replace")
+    return read_text_inside(root, path)
+
+
+def class_histogram(labels_dir: Path, names: dict[int, str], root: Path | None = None) -> dict[str, int]:
     """Boxes per class name over every label file in `labels_dir` (unparsable lines are skipped:
     dataset formation quarantines them)."""
     counts: Counter = Counter()
     if labels_dir.is_dir():
         for label in labels_dir.glob("*.txt"):
-            for line in label.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                text = _text(label, root)
+            except OSError:
+                continue
+            for line in text.splitlines():
                 if not line.strip():
                     continue
                 try:
@@ -47,22 +60,25 @@ def class_histogram(labels_dir: Path, names: dict[int, str]) -> dict[str, int]:
     return {names.get(cls, f"Class-{cls}"): count for cls, count in sorted(counts.items())}
 
 
-def rejected_reasons(rejected_dir: Path) -> dict[str, int]:
+def rejected_reasons(rejected_dir: Path, root: Path | None = None) -> dict[str, int]:
     reasons: Counter = Counter()
     if rejected_dir.is_dir():
         for record in rejected_dir.glob("*.json"):
             try:
-                reasons[str(json.loads(record.read_text(encoding="utf-8")).get("reason", "unknown"))] += 1
+                reasons[str(json.loads(_text(record, root)).get("reason", "unknown"))] += 1
             except (ValueError, AttributeError, OSError):
                 reasons["unreadable-record"] += 1
     return dict(reasons)
 
 
-def corrupted_reasons(corrupted_root: Path) -> dict[str, int]:
+def corrupted_reasons(corrupted_root: Path, root: Path | None = None) -> dict[str, int]:
     """First line of each `<stem>.reason.txt` in data-corrupted/, counted."""
     reasons: Counter = Counter()
     for record in corrupted_root.rglob("*.reason.txt") if corrupted_root.is_dir() else ():
-        first = record.read_text(encoding="utf-8", errors="replace").strip().splitlines()[:1]
+        try:
+            first = _text(record, root).strip().splitlines()[:1]
+        except OSError:
+            first = ["unreadable-reason-file"]
         reasons[(first[0] if first else "unknown")[:100]] += 1
     return dict(reasons)
 
@@ -86,9 +102,9 @@ def queue_position(layout: Layout) -> dict[str, Any]:
     return position
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: Path, root: Path | None = None) -> dict | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_text(path, root))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -100,15 +116,16 @@ def latest_dataset(layout: Layout) -> dict[str, Any] | None:
     if newest is None:
         return None
     splits = {split: len(newest.images(split)) for split in SPLITS}
-    manifest = _read_json(newest.manifest) or {}
+    manifest = _read_json(newest.manifest, layout.root) or {}
     return {"name": newest.name, "path": str(newest.root), "images": splits,
             "created": manifest.get("created"), "seed": manifest.get("seed")}
 
 
-def run_metrics(run_dir: Path) -> dict[str, Any]:
-    """Final and best validation metrics from an Ultralytics run's results.csv."""
+def run_metrics(run_dir: Path, root: Path | None = None) -> dict[str, Any]:
+    """Final and best validation metrics from an Ultralytics run's results.csv (with `root`: only
+    a regular file inside it)."""
     results_csv = run_dir / "results.csv"
-    if not results_csv.is_file():
+    if not results_csv.is_file() or (root is not None and not is_file_inside(root, results_csv)):
         return {}
     results = read_results_csv(results_csv)
     epochs = results.get("epoch", [])
@@ -124,12 +141,12 @@ def run_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 def latest_model(layout: Layout) -> dict[str, Any] | None:
+    """The newest run (what is current is production per target: `azaion models list`)."""
     newest = latest_run(layout)
-    current = {"pt": layout.current_pt.is_file(), "onnx": layout.current_onnx.is_file()}
     if newest is None:
-        return {"run": None, "current": current} if any(current.values()) else None
+        return None
     return {"run": newest.run, "path": str(newest.path), "status": newest.status, "ended": newest.ended,
-            "metrics": run_metrics(newest.path), "current": current}
+            "metrics": run_metrics(newest.path)}
 
 
 def last_publish(layout: Layout) -> dict[str, Any] | None:
@@ -140,7 +157,7 @@ def last_publish(layout: Layout) -> dict[str, Any] | None:
     newest = max(manifests, key=lambda p: p.stat().st_mtime, default=None)
     if newest is None:
         return None
-    data = _read_json(newest) or {}
+    data = _read_json(newest, layout.root) or {}
     keep = ("name", "folder", "source_file", "source_run", "created")
     plaintext = data.get("plaintext") if isinstance(data.get("plaintext"), dict) else {}
     return {"manifest": str(newest), **{k: data[k] for k in keep if k in data},
@@ -156,9 +173,9 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "initialised": layout.root.is_dir(),
         "areas": areas,
         "rejected": {"messages": _count_files(layout.rejected, {".json"}),
-                     "reasons": rejected_reasons(layout.rejected)},
-        "corrupted_reasons": corrupted_reasons(layout.corrupted.root),
-        "data_classes": class_histogram(layout.data.labels, names),
+                     "reasons": rejected_reasons(layout.rejected, layout.root)},
+        "corrupted_reasons": corrupted_reasons(layout.corrupted.root, layout.root),
+        "data_classes": class_histogram(layout.data.labels, names, layout.root),
         "queue": queue_position(layout),
         "latest_dataset": latest_dataset(layout),
         "latest_model": latest_model(layout),

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from azaion_training.cli_support import console, layout, print_json, settings
+from azaion_training.cli_support import console, print_json, settings
 from azaion_training.errors import InputError, OperationFailed
 from azaion_training.settings import overridden
 
@@ -47,7 +47,8 @@ def train_command(
         return
     result = resume_run(settings(), run, device) if resume else train(settings(), request)
     console.print(f"[green]training finished[/green]: {result.run_dir} ({result.epochs_done} epochs), "
-                  f"mAP50 {result.metrics.get('mAP50', 0):.4f}; {layout().current_pt} updated")
+                  f"mAP50 {result.metrics.get('mAP50', 0):.4f} [valid, PyTorch]; promote it with "
+                  f"`azaion models promote {result.run_dir.name} --target TARGET`", highlight=False)
     if publish:
         from azaion_training.lifecycle.cli import promote_and_report
 

@@ -16,16 +16,20 @@ import numpy as np
 
 from azaion_training.errors import InputError, OperationFailed
 from azaion_training.fsutil import durable_move
-from azaion_training.inference.nms import box_iou
 from azaion_training.labels import LabelError, label_path_for, read_label_file
 from azaion_training.layout import DatasetDir, Layout
 from azaion_training.logs import get_logger, log
+from azaion_training.metrics import map50
 from azaion_training.settings import Settings
+from azaion_training.training.runs import RunRecord, export_key, latest_run, run_of_weights
 
 logger = get_logger("export")
 
 FORMATS = ("onnx", "engine", "rknn", "coreml")
 PARITY_TOLERANCE = 0.01  # absolute mAP50 by which the ONNX may differ from PyTorch, either way
+# Below this on both sides the check proves nothing (e.g. a model exported at a size it never
+# saw finds nothing either way): a failure, not a pass. EXPORT_PARITY_MIN_MAP50 sets it.
+PARITY_FLOOR = 0.05
 PARITY_CONF = 0.001  # mAP needs the low-confidence tail too (as Ultralytics' val)
 PARITY_IOU = 0.7  # NMS IoU, Ultralytics' default, for both sides
 RKNN_PLATFORM = "rk3588"  # OrangePi 5
@@ -36,63 +40,30 @@ class ParityReport:
     images: int
     pytorch_map50: float
     onnx_map50: float
+    imgsz: int = 0
     tolerance: float = PARITY_TOLERANCE
+    floor: float = PARITY_FLOOR
+
+    @property
+    def uninformative(self) -> bool:
+        return max(self.pytorch_map50, self.onnx_map50) < self.floor
 
     @property
     def passed(self) -> bool:
-        """Within the tolerance either way: an ONNX scoring far higher predicts something else too."""
-        return round(abs(self.onnx_map50 - self.pytorch_map50), 4) <= self.tolerance
+        """Within the tolerance either way (an ONNX scoring far higher predicts something else too),
+        and not both below the floor."""
+        return round(abs(self.onnx_map50 - self.pytorch_map50), 4) <= self.tolerance and not self.uninformative
+
+    def to_dict(self) -> dict:
+        return {"images": self.images, "imgsz": self.imgsz, "pytorch_map50": self.pytorch_map50,
+                "onnx_map50": self.onnx_map50, "tolerance": self.tolerance, "floor": self.floor,
+                "passed": self.passed}
 
 
 @dataclass
 class ExportResult:
     files: dict[str, Path] = field(default_factory=dict)
     parity: ParityReport | None = None
-
-
-# ---------------------------------------------------------------------------------------- mAP50
-
-
-def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
-    """Area under the precision envelope, all-point interpolation (VOC 2010+)."""
-    r = np.concatenate(([0.0], recall, [1.0]))
-    p = np.concatenate(([1.0], precision, [0.0]))
-    p = np.flip(np.maximum.accumulate(np.flip(p)))
-    changes = np.where(r[1:] != r[:-1])[0]
-    return float(np.sum((r[changes + 1] - r[changes]) * p[changes + 1]))
-
-
-def map50(predictions: list[list[tuple]], truths: list[list[tuple]]) -> float | None:
-    """mAP at IoU 0.5 over the classes present in the ground truth (None when there is none).
-
-    predictions[i]: (cls, conf, x1, y1, x2, y2) of image i; truths[i]: (cls, x1, y1, x2, y2).
-    Per class, predictions are taken best first and each matches the unmatched truth of its
-    image with the highest IoU >= 0.5."""
-    classes = sorted({int(t[0]) for image in truths for t in image})
-    if not classes:
-        return None
-    aps = []
-    for cls in classes:
-        gt = {i: np.array([t[1:5] for t in image if int(t[0]) == cls], dtype=np.float64).reshape(-1, 4)
-              for i, image in enumerate(truths)}
-        used = {i: np.zeros(len(boxes), dtype=bool) for i, boxes in gt.items()}
-        preds = sorted(((p[1], i, p[2:6]) for i, image in enumerate(predictions) for p in image if int(p[0]) == cls),
-                       key=lambda item: -item[0])
-        hits = np.zeros(len(preds))
-        for k, (_, i, box) in enumerate(preds):
-            if not len(gt[i]):
-                continue
-            ious = np.where(used[i], -1.0, box_iou(np.asarray(box, dtype=np.float64), gt[i]))
-            best = int(np.argmax(ious))
-            if ious[best] >= 0.5:
-                used[i][best] = True
-                hits[k] = 1
-        total = sum(len(boxes) for boxes in gt.values())
-        tp = np.cumsum(hits)
-        recall = tp / total
-        precision = tp / np.arange(1, len(preds) + 1)
-        aps.append(average_precision(recall, precision) if len(preds) else 0.0)
-    return float(np.mean(aps))
 
 
 # ---------------------------------------------------------------------------------------- parity
@@ -134,7 +105,8 @@ def _onnx_predictions(onnx: Path, frames: list[np.ndarray], batch: int) -> list[
     return [[(d.cls, d.conf, d.x1, d.y1, d.x2, d.y2) for d in found] for found in detector.detect(frames)]
 
 
-def parity_check(weights: Path, onnx: Path, images: list[Path], imgsz: int, batch: int = 8) -> ParityReport:
+def parity_check(weights: Path, onnx: Path, images: list[Path], imgsz: int, batch: int = 8,
+                 floor: float = PARITY_FLOOR) -> ParityReport:
     """mAP50 of the PyTorch model (Ultralytics predict) and of the ONNX (our inference pipeline)
     on the same labelled images."""
     import cv2
@@ -152,13 +124,18 @@ def parity_check(weights: Path, onnx: Path, images: list[Path], imgsz: int, batc
         raise InputError(f"the parity images in {images[0].parent} have no labelled objects, so mAP50 is "
                          "undefined; use a dataset with labels, or skip the check with --no-verify")
     exported = map50(_onnx_predictions(onnx, frames, batch), truths)
-    report = ParityReport(len(images), round(reference, 4), round(exported or 0.0, 4))
-    log(logger, logging.INFO, "parity check", images=report.images, pytorch_map50=report.pytorch_map50,
+    report = ParityReport(len(images), round(reference, 4), round(exported or 0.0, 4), imgsz, floor=floor)
+    log(logger, logging.INFO, "parity check", images=report.images, imgsz=imgsz, pytorch_map50=report.pytorch_map50,
         onnx_map50=report.onnx_map50, passed=report.passed)
     return report
 
 
 def require_parity(report: ParityReport, note: str = "") -> None:
+    if report.uninformative:
+        raise OperationFailed(f"parity check failed: PyTorch mAP50 {report.pytorch_map50:.4f} and ONNX mAP50 "
+                              f"{report.onnx_map50:.4f} on {report.images} images at imgsz {report.imgsz} are both "
+                              f"below {report.floor}, so the check proves nothing: export at the size the model "
+                              f"trained at (the default for a run), or check on a dataset it can see{note}")
     if not report.passed:
         direction = "below" if report.onnx_map50 < report.pytorch_map50 else "above"
         raise OperationFailed(f"parity check failed: ONNX mAP50 {report.onnx_map50:.4f} is more than "
@@ -198,13 +175,14 @@ def _require_module(module: str, what: str, install: str) -> None:
         raise InputError(f"{what} needs the {module.split('.')[0]} toolchain, which is not installed: {install}")
 
 
-def _export_one(weights: Path, fmt: str, imgsz: int, max_batch: int) -> Path:
+def _export_one(weights: Path, fmt: str, imgsz: int, max_batch: int, opset: int | None = None) -> Path:
     """Ultralytics export of `weights` (already in a private temp dir) to one format."""
     from ultralytics import YOLO
 
     model = YOLO(str(weights))
     if fmt == "onnx":
-        return Path(model.export(format="onnx", imgsz=imgsz, dynamic=True, batch=max_batch, device="cpu"))
+        return Path(model.export(format="onnx", imgsz=imgsz, dynamic=True, batch=max_batch, device="cpu",
+                                 opset=opset))
     if fmt == "engine":
         return Path(model.export(format="engine", imgsz=imgsz, dynamic=True, batch=max_batch, half=True, device=0))
     if fmt == "rknn":
@@ -212,9 +190,12 @@ def _export_one(weights: Path, fmt: str, imgsz: int, max_batch: int) -> Path:
     return Path(model.export(format="coreml", imgsz=imgsz, batch=1))
 
 
-def _target_name(layout: Layout, fmt: str, produced: Path) -> Path:
+def _target_name(layout: Layout, fmt: str, produced: Path, weights: Path, imgsz: int, opset: int | None) -> Path:
     if fmt == "onnx":
-        return layout.current_onnx
+        run = run_of_weights(layout, weights)
+        if run is not None:
+            return run.export_file(imgsz, opset)
+        return weights.with_name(f"{weights.stem}-{imgsz}.onnx")
     if fmt == "engine":
         from azaion_training.inference.engines import engine_filename
 
@@ -231,38 +212,59 @@ def _install(produced: Path, target: Path) -> None:
         durable_move(produced, target)
 
 
-def parity_dataset(settings: Settings, dataset: str | None) -> Path:
-    """The dataset whose valid split the parity check uses: the named one, else the dataset of
-    the latest training run, else the newest dataset."""
+def parity_dataset(settings: Settings, dataset: str | None, run: RunRecord | None = None) -> Path:
+    """The dataset whose valid split the parity check uses: the named one, else the run's (the
+    run of the weights, else the latest run), else the newest dataset."""
     from azaion_training.dataset.form import resolve_dataset
-    from azaion_training.training.runs import latest_run
 
     layout = Layout(settings.paths)
     if dataset is None:
-        run = latest_run(layout)
+        run = run or latest_run(layout)
         if run is not None and run.dataset and Path(run.dataset).is_dir():
             return Path(run.dataset)
     return resolve_dataset(dataset, layout)
 
 
-def parity_images(settings: Settings, dataset: str | None, limit: int) -> list[Path]:
+def parity_images(settings: Settings, dataset: str | None, limit: int, run: RunRecord | None = None) -> list[Path]:
     """The first `limit` images of the parity dataset's valid split."""
-    return DatasetDir(parity_dataset(settings, dataset)).images("valid")[:limit]
+    return DatasetDir(parity_dataset(settings, dataset, run)).images("valid")[:limit]
+
+
+def default_weights(layout: Layout) -> Path:
+    """The best.pt of the latest finished run (there is no moving "current" model file)."""
+    run = latest_run(layout, status="finished")
+    if run is None or not run.best_weights.is_file():
+        raise InputError(f"no finished training run in {layout.models}: train a model first (`azaion train`) "
+                         "or pass --weights")
+    return run.best_weights
+
+
+def export_imgsz(settings: Settings, weights: Path, imgsz: int | None) -> int:
+    """An explicit --imgsz, else the size the weights' run trained at, else EXPORT_ONNX_IMGSZ
+    (weights from outside any run, whose training size is unknown)."""
+    if imgsz:
+        return imgsz
+    run = run_of_weights(Layout(settings.paths), weights)
+    trained = run.trained_imgsz if run else None
+    return trained or settings.export.onnx_imgsz
 
 
 def export(settings: Settings, weights: Path | None = None, formats: list[str] | None = None,
            imgsz: int | None = None, verify: bool = True, dataset: str | None = None,
-           verify_images: int = 200, onnx_out: Path | None = None) -> ExportResult:
-    """`onnx_out`: where the ONNX goes instead of models/azaion.onnx (a run's own export)."""
+           verify_images: int = 200, onnx_out: Path | None = None, opset: int | None = None) -> ExportResult:
+    """Export `weights` (default: the latest finished run's best.pt) at `imgsz` (default: the size
+    its run trained at). A run's ONNX goes to <run>/export/azaion-<imgsz>-<opset>.onnx, other
+    weights' beside them; `onnx_out` puts it elsewhere."""
     layout = Layout(settings.paths)
     formats = formats or ["onnx"]
     check_toolchains(formats)
-    weights = Path(weights or layout.current_pt)
+    weights = Path(weights) if weights else default_weights(layout)
     if not weights.is_file():
         raise InputError(f"weights {weights} not found: train a model first (`azaion train`) or pass --weights")
-    imgsz = imgsz or settings.export.onnx_imgsz
+    imgsz = export_imgsz(settings, weights, imgsz)
     max_batch = settings.export.max_batch
-    images = parity_images(settings, dataset, verify_images) if verify and "onnx" in formats else []
+    run = run_of_weights(layout, weights)
+    images = parity_images(settings, dataset, verify_images, run) if verify and "onnx" in formats else []
     result = ExportResult()
     layout.models.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".tmp-export-", dir=layout.models) as work:
@@ -270,27 +272,83 @@ def export(settings: Settings, weights: Path | None = None, formats: list[str] |
         shutil.copyfile(weights, staged)
         for fmt in formats:
             log(logger, logging.INFO, "exporting", format=fmt, weights=str(weights), imgsz=imgsz)
-            produced = _export_one(staged, fmt, imgsz, max_batch)
-            target = onnx_out if fmt == "onnx" and onnx_out else _target_name(layout, fmt, produced)
+            produced = _export_one(staged, fmt, imgsz, max_batch, opset)
+            target = onnx_out if fmt == "onnx" and onnx_out else \
+                _target_name(layout, fmt, produced, weights, imgsz, opset)
             if fmt == "onnx" and verify:
-                result.parity = parity_check(weights, produced, images, imgsz, max_batch)
+                result.parity = parity_check(weights, produced, images, imgsz, max_batch,
+                                             settings.export.parity_min_map50)
                 require_parity(result.parity, f"; {target} was left unchanged")
+            target.parent.mkdir(parents=True, exist_ok=True)
             _install(produced, target)
             result.files[fmt] = target
             log(logger, logging.INFO, "exported", format=fmt, file=str(target))
     return result
 
 
+def onnx_opset(path: Path) -> int | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def run_onnx(settings: Settings, record: RunRecord, imgsz: int | None = None,
+             opset: int | None = None) -> tuple[RunRecord, dict]:
+    """The run's parity-checked ONNX for (imgsz, opset), exported once: an existing file is reused
+    only when its key matches and its bytes still hash to what was recorded. imgsz defaults to the
+    size the run trained at. Returns the record (saved) and the export entry {"path", "sha256",
+    "imgsz", "opset", "parity"}."""
+    from azaion_training.fsutil import file_sha256
+
+    imgsz = imgsz or record.trained_imgsz or settings.export.onnx_imgsz
+    key = export_key(imgsz, opset)
+    entry = record.exports.get(key)
+    if entry and Path(entry["path"]).is_file() and file_sha256(Path(entry["path"])) == entry.get("sha256"):
+        return record, entry
+    if not record.best_weights.is_file():
+        raise InputError(f"run {record.run} has no {record.best_weights}: only a finished run can be exported")
+    path = record.export_file(imgsz, opset)
+    result = export(settings, weights=record.best_weights, formats=["onnx"], imgsz=imgsz, verify=True,
+                    dataset=record.dataset, onnx_out=path, opset=opset)
+    entry = {"path": str(path), "sha256": file_sha256(path), "imgsz": imgsz, "opset": onnx_opset(path),
+             "parity": result.parity.to_dict() if result.parity else None}
+    record.exports[key] = entry
+    record.onnx, record.onnx_sha256, record.parity = entry["path"], entry["sha256"], entry["parity"]
+    record.save()
+    return record, entry
+
+
 def verify_onnx(settings: Settings, onnx: Path, weights: Path | None = None, dataset: str | None = None,
                 imgsz: int | None = None, verify_images: int = 200) -> ParityReport:
-    """The parity check alone, for an ONNX file that already exists."""
+    """The parity check alone, for an ONNX file that already exists (at the ONNX's own size unless
+    --imgsz says otherwise)."""
     layout = Layout(settings.paths)
-    weights = Path(weights or layout.current_pt)
+    weights = Path(weights) if weights else default_weights(layout)
     for path, what in ((onnx, "ONNX model"), (weights, "weights")):
         if not Path(path).is_file():
             raise InputError(f"{what} {path} not found")
-    images = parity_images(settings, dataset, verify_images)
-    report = parity_check(weights, Path(onnx), images, imgsz or settings.export.onnx_imgsz,
-                          settings.export.max_batch)
+    images = parity_images(settings, dataset, verify_images, run_of_weights(layout, weights))
+    report = parity_check(weights, Path(onnx), images, imgsz or onnx_imgsz(Path(onnx)) or
+                          export_imgsz(settings, weights, None), settings.export.max_batch,
+                          settings.export.parity_min_map50)
     require_parity(report)
     return report
+
+
+def onnx_imgsz(path: Path) -> int | None:
+    """The square input size an ONNX was exported at (its `imgsz` metadata)."""
+    import ast
+
+    import onnx
+
+    metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    try:
+        value = ast.literal_eval(metadata.get("imgsz", "None"))
+    except (ValueError, SyntaxError):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, list | tuple) and value and isinstance(value[0], int):
+        return int(value[0])
+    return None

@@ -17,7 +17,8 @@ from azaion_training.layout import Layout, is_safe_name
 
 RUN_PREFIX = "azaion-"
 RUN_RECORD = "run.json"
-RUN_ONNX = "azaion.onnx"  # the run's own export, kept with it; published under this name
+RUN_ONNX = "azaion.onnx"  # the name a run's ONNX is published under (and its pre-keyed location)
+EXPORT_DIR = "export"  # <run>/export/azaion-<imgsz>-<opset>.onnx: one file per export key
 
 
 @dataclass
@@ -50,9 +51,11 @@ class RunRecord:
     installed_as: str | None = None
     pid: int | None = None
     error: str | None = None
-    onnx: str | None = None
+    onnx: str | None = None  # the ONNX exported last (one of `exports`)
     onnx_sha256: str | None = None
     parity: dict[str, Any] | None = None
+    # export key (export_key) -> {"path", "sha256", "imgsz", "opset", "parity"}: ONNX exported once per key
+    exports: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def best_weights(self) -> Path:
@@ -64,7 +67,34 @@ class RunRecord:
 
     @property
     def onnx_path(self) -> Path:
-        return self.path / RUN_ONNX
+        """The ONNX exported last (before keyed exports: <run>/azaion.onnx)."""
+        return Path(self.onnx) if self.onnx else self.path / RUN_ONNX
+
+    @property
+    def trained_imgsz(self) -> int | None:
+        """The image size the run trained at (its record, else Ultralytics' args.yaml)."""
+        if self.imgsz:
+            return int(self.imgsz)
+        args = self.path / "args.yaml"
+        if args.is_file():
+            import yaml
+
+            try:
+                value = (yaml.safe_load(args.read_text(encoding="utf-8")) or {}).get("imgsz")
+            except yaml.YAMLError:
+                return None
+            return int(value) if isinstance(value, int) else None
+        return None
+
+    def export_file(self, imgsz: int, opset: int | None) -> Path:
+        return self.path / EXPORT_DIR / f"azaion-{imgsz}-{export_key_opset(opset)}.onnx"
+
+    def onnx_with_sha256(self, sha256: str) -> Path | None:
+        """The run's ONNX file whose recorded sha256 is `sha256` (what a promotion published)."""
+        candidates = [Path(e["path"]) for e in self.exports.values() if e.get("sha256") == sha256]
+        if self.onnx_sha256 == sha256:
+            candidates.append(self.onnx_path)
+        return next((p for p in candidates if p.is_file()), None)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -91,6 +121,16 @@ class RunRecord:
             except ValueError:
                 pass
         return self.path.stat().st_mtime
+
+
+def export_key_opset(opset: int | None) -> str:
+    return f"opset{opset}" if opset else "opset-default"
+
+
+def export_key(imgsz: int, opset: int | None) -> str:
+    """What makes two ONNX exports of one run the same: the image size and the ONNX opset asked
+    for (None: the pinned Ultralytics' default)."""
+    return f"onnx-{imgsz}-{export_key_opset(opset)}"
 
 
 def is_run_dir(path: Path) -> bool:
@@ -129,11 +169,8 @@ def find_run(layout: Layout, ref: str | Path | None) -> RunRecord:
 
 
 def run_of_weights(layout: Layout, weights: Path) -> RunRecord | None:
-    """The run a weights file belongs to: `<run>/weights/*.pt`, or models/azaion.pt (the best.pt
-    of the latest finished run)."""
+    """The run a weights file belongs to: `<run>/weights/*.pt`."""
     weights = Path(weights).expanduser().absolute()
-    if weights == layout.current_pt.absolute():
-        return latest_run(layout, status="finished")
     run_dir = weights.parent.parent
     if weights.parent.name == "weights" and is_run_dir(run_dir):
         return RunRecord.load(run_dir)

@@ -15,7 +15,6 @@ the optimizer state from `last.pt` and make it unresumable).
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from azaion_training.errors import AzaionError, ConfigError, InputError, OperationFailed
-from azaion_training.fsutil import atomic_write_text, atomic_writer
+from azaion_training.fsutil import atomic_write_text
 from azaion_training.layout import DatasetDir, Layout
 from azaion_training.lifecycle.weights import resolve_training_model
 from azaion_training.locks import InstanceLock
@@ -271,12 +270,6 @@ def _fit(model: Any, arguments: dict[str, Any], epoch_logger: _EpochLogger) -> N
         signal.signal(signal.SIGTERM, previous)
 
 
-def _install_best(layout: Layout, best: Path) -> None:
-    """Copy best.pt to models/azaion.pt so that readers see the old file or the new one, whole."""
-    with best.open("rb") as source, atomic_writer(layout.current_pt) as target:
-        shutil.copyfileobj(source, target, 1 << 20)
-
-
 def _run(layout: Layout, record: RunRecord, model: Any, arguments: dict[str, Any]) -> TrainResult:
     run_dir = record.path
     epoch_logger = _EpochLogger(run_dir.name)
@@ -304,9 +297,8 @@ def _run(layout: Layout, record: RunRecord, model: Any, arguments: dict[str, Any
     if not interrupted:
         if not best.is_file():
             raise OperationFailed(f"training of {run_dir.name} ended without {best}")
-        _install_best(layout, best)
+        # no "current" model file: what is current is production per target (the registry)
         atomic_write_text(layout.models / CHECKPOINT_STAMP, record.ended + "\n")
-        record.installed_as = str(layout.current_pt)
     record.save()
     log(logger, logging.INFO, f"training {record.status}", run=run_dir.name, epochs_done=record.epochs_done,
         epochs=record.epochs, **epoch_logger.final_metrics)

@@ -86,7 +86,7 @@ def tree_signature(layout: Layout) -> tuple:
     paths = [d for area in layout.areas().values() for d in (area.root, *area.directories())]
     index_wal = layout.index_db.with_name(layout.index_db.name + "-wal")
     paths += [layout.rejected, layout.offset_file, layout.index_db, index_wal, layout.datasets, layout.models,
-              layout.current_pt, layout.current_onnx, layout.classes_json]
+              layout.classes_json]
     for parent, files in ((layout.datasets, ("data.yaml", "manifest.json")),
                           (layout.models, ("results.csv", "run.json"))):
         if parent.is_dir():
