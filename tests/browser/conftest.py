@@ -41,6 +41,19 @@ def page(browser):
 
 
 @pytest.fixture
+def logged_in(page, token_server):  # noqa: F811  (the fixture imported above)
+    """The page, logged in to the cockpit with COCKPIT_TOKEN through its login form."""
+    from tests.web.conftest import TOKEN
+
+    page.goto(token_server.url + "/")
+    page.wait_for_url("**/login?next=%2F")
+    page.fill("#token", TOKEN)
+    page.click("#login button")
+    page.wait_for_url(token_server.url + "/")
+    return page
+
+
+@pytest.fixture
 def screenshot(page, tmp_path):
     """screenshot(name): a full-page PNG in the test's tmp dir, copied to test-artefacts/browser/."""
     def take(name: str) -> Path:

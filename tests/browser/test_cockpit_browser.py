@@ -1,5 +1,6 @@
-"""What an operator sees in a real headless Chromium: counts, curves, images with boxes, the
-dataset browser clicked through, and a promotion with the token."""
+"""What an operator sees in a real headless Chromium: the login page, then (logged in with
+COCKPIT_TOKEN) counts, curves, images with boxes, the dataset browser clicked through, and a
+promotion recorded under the operator's name."""
 
 from azaion_training.classes import load_classes
 from tests.web.conftest import TOKEN, busiest_class
@@ -8,7 +9,30 @@ IMAGES_LOADED = ("() => [...document.images].length > 0"
                  " && [...document.images].every(i => i.complete && i.naturalWidth > 0)")
 
 
-def test_overview_shows_health_counts_and_refreshes(page, server, screenshot):
+def test_login_page_then_in(page, token_server, screenshot):
+    page.goto(token_server.url + "/datasets")
+    page.wait_for_url("**/login?next=%2Fdatasets")
+    assert page.locator("#token").get_attribute("type") == "password"
+    page.fill("#token", "not-the-token")
+    page.click("#login button")
+    page.wait_for_selector("#error")
+    assert page.locator("#error").inner_text() == "wrong token"
+    screenshot("login")
+    page.fill("#token", TOKEN)
+    page.click("#login button")
+    page.wait_for_url(token_server.url + "/datasets")
+    assert page.locator("#who").inner_text().startswith("cockpit:")
+    cookie = next(c for c in page.context.cookies() if c["name"] == "azaion_cockpit")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert page.evaluate("document.cookie") == ""  # HttpOnly: no script sees it
+    page.click("#logout")
+    page.wait_for_url("**/login")
+    page.goto(token_server.url + "/models")
+    page.wait_for_url("**/login?next=%2Fmodels")
+
+
+def test_overview_shows_health_counts_and_refreshes(logged_in, token_server, screenshot):
+    page, server = logged_in, token_server
     status, health = server.json("/api/status"), server.json("/api/health")
     page.goto(server.url + "/")
     assert page.locator("#health tr.check").count() == len(health["checks"])
@@ -22,7 +46,8 @@ def test_overview_shows_health_counts_and_refreshes(page, server, screenshot):
     assert page.locator("#health tr.check").count() == len(health["checks"])
 
 
-def test_run_page_draws_the_curves(page, server, web_tree, screenshot):
+def test_run_page_draws_the_curves(logged_in, token_server, web_tree, screenshot):
+    page, server = logged_in, token_server
     page.goto(server.url + "/runs")
     page.click(f'a[href="/runs/{web_tree["run"]}"]')
     page.wait_for_url(f"**/runs/{web_tree['run']}")
@@ -36,7 +61,8 @@ def test_run_page_draws_the_curves(page, server, web_tree, screenshot):
     screenshot("run")
 
 
-def test_dataset_browser_click_through(page, server, web_tree, screenshot):
+def test_dataset_browser_click_through(logged_in, token_server, web_tree, screenshot):
+    page, server = logged_in, token_server
     name = web_tree["dataset"]
     page.goto(server.url + "/datasets")
     page.click(f'a[href="/datasets/{name}"]')
@@ -73,6 +99,7 @@ def test_dataset_browser_click_through(page, server, web_tree, screenshot):
 
 
 def test_quarantine_filter_by_reason(page, server, screenshot):
+    """The read-only cockpit (open on loopback, no login)."""
     data = server.json("/api/quarantine")
     page.goto(server.url + "/quarantine")
     assert page.locator("tr.rejected").count() == len(data["rejected"])
@@ -85,18 +112,19 @@ def test_quarantine_filter_by_reason(page, server, screenshot):
     assert page.locator("tr.corrupted").count() == 0
 
 
-def test_promote_with_the_token(page, token_server, web_tree, tmp_path, screenshot):
+def test_promote_as_the_logged_in_operator(logged_in, token_server, web_tree, tmp_path, screenshot):
+    page = logged_in
     run, target = web_tree["run"], f"local:{tmp_path / 'browser-cdn'}"
     page.goto(token_server.url + "/models")
     row = page.locator(f'tr.version[data-run="{run}"]')
     row.locator('input[name="target"]').fill(target)
-    row.locator('input[name="token"]').fill(TOKEN)
     with page.expect_navigation(timeout=300000):  # export, parity check and publish take a while
         row.locator("button.promote").click(no_wait_after=True)
     assert page.locator("#message").inner_text().startswith(f"promoted {run} on local:")
     page.goto(token_server.url + "/models")
     production = page.locator("#production tr[data-target^='local:']", has_text=str(tmp_path / "browser-cdn"))
     assert production.count() == 1 and run in production.inner_text()
+    event = row.locator(".event", has_text=str(tmp_path / "browser-cdn"))
+    assert "by cockpit@cockpit" in event.first.inner_text()
     screenshot("models")
-    # the token is typed, never shown
-    assert TOKEN not in page.content()
+    assert TOKEN not in page.content()  # typed once at the login, never shown

@@ -1,7 +1,8 @@
 """The cockpit's test tree, made by the real code paths: generated Azaion messages replayed
 through the consumer's handler (with some that it rejects), one pair damaged on disk, dataset
 formation (which quarantines it), and a real 2-epoch yolo26n training run at imgsz 64. Two
-`azaion serve` processes run on it: read-only, and with COCKPIT_TOKEN."""
+`azaion serve` processes run on it: read-only (open on loopback), and with COCKPIT_TOKEN (every
+request logs in: Server sends the token as Authorization: Bearer unless told not to)."""
 
 import json
 import os
@@ -23,7 +24,7 @@ from tests.conftest import AZAION_BIN
 from tests.dataset.conftest import make_old
 from tests.queue.conftest import bulk, created, dump_of, jpeg
 
-TOKEN = "cockpit-test-token-5b1f0c"
+TOKEN = "cockpit-test-token-5b1f0c-9a7e42d18c3f6b05"  # >= 32 characters, as beyond loopback
 MODEL_KEY = "cockpit-tests-model-key"
 CORRUPTED = "damaged-on-disk"
 BAD_BOX = ((1, 1.5, 0.5, 0.2, 0.2),)
@@ -32,7 +33,9 @@ BAD_BOX = ((1, 1.5, 0.5, 0.2, 0.2),)
 def tree_env(root: Path, **extra: str) -> dict[str, str]:
     return {"AZAION_ROOT_DIR": str(root), "TRAINING_MODEL": "yolo26n.yaml", "TRAINING_WORKERS": "0",
             "TRAINING_DEVICE": "cpu", "TRAINING_IMGSZ": "64", "TRAINING_BATCH_SIZE": "8", "EXPORT_ONNX_IMGSZ": "64",
-            "MODEL_ENCRYPTION_KEY": MODEL_KEY, "RABBITMQ_PORT": str(free_port()), **extra}
+            "MODEL_ENCRYPTION_KEY": MODEL_KEY, "RABBITMQ_PORT": str(free_port()),
+            # a 2-epoch model detects next to nothing: the quality floors are tested in tests/lifecycle
+            "EXPORT_PARITY_MIN_MAP50": "0", "PROMOTION_MIN_MAP50": "0", **extra}
 
 
 def free_port() -> int:
@@ -107,13 +110,14 @@ def build_tree(tmp_path_factory) -> dict:
 class Server:
     def __init__(self, env: dict[str, str], port: int):
         self.url = f"http://127.0.0.1:{port}"
+        self.token = env.get("COCKPIT_TOKEN")
         self.process = subprocess.Popen([str(AZAION_BIN), "serve", "--port", str(port)],
                                         env={**os.environ, **env}, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(self.url + "/api/status", timeout=30).status_code == 200:
+                if httpx.get(self.url + "/healthz", timeout=30).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -122,11 +126,16 @@ class Server:
                 raise RuntimeError(f"azaion serve did not start: {self.process.stdout.read()[-2000:]}")
             time.sleep(0.2)
 
-    def get(self, path: str, **kwargs) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=120, **kwargs)
+    def _auth(self, kwargs: dict, auth: bool) -> dict:
+        if auth and self.token:
+            kwargs["headers"] = {"Authorization": f"Bearer {self.token}", **kwargs.get("headers", {})}
+        return kwargs
 
-    def post(self, path: str, **kwargs) -> httpx.Response:
-        return httpx.post(self.url + path, timeout=600, **kwargs)
+    def get(self, path: str, auth: bool = True, **kwargs) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=120, **self._auth(kwargs, auth))
+
+    def post(self, path: str, auth: bool = True, **kwargs) -> httpx.Response:
+        return httpx.post(self.url + path, timeout=600, **self._auth(kwargs, auth))
 
     def json(self, path: str):
         response = self.get(path)
@@ -170,3 +179,60 @@ def rejected_reasons(root: Path) -> dict[str, int]:
         reason = json.loads(record.read_text())["reason"]
         reasons[reason] = reasons.get(reason, 0) + 1
     return reasons
+
+
+# ------------------------------------------------------------------ a small tree made by hand
+
+SECRET = "outside-the-root-7f3a"
+
+
+def handmade_tree(layout: Layout, outside: Path) -> None:
+    """A tiny dataset, two quarantined messages and a run, written directly (no training), with a
+    symlink out of the root at every kind of file the cockpit reads or serves: dataset image,
+    label file, manifest.json, queue-rejected record and raw entry, reason file, run.json,
+    results.csv, report.json and a report page. Every file outside holds SECRET."""
+    from tests.queue.conftest import jpeg
+
+    outside.mkdir(parents=True, exist_ok=True)
+    text = outside / "secret.txt"
+    text.write_text(f"{SECRET}\nroot:x:0:0:{SECRET}\n")
+    as_json = outside / "secret.json"
+    as_json.write_text(json.dumps({"reason": SECRET, "detail": SECRET, "status": "finished", "model": SECRET,
+                                   "dataset": SECRET, "per_class": [{"class": SECRET, "ap50": 0.5}],
+                                   "counts": {"train": 7777}, "created": SECRET}))
+    as_csv = outside / "secret.csv"
+    as_csv.write_text(f"epoch,metrics/mAP50(B),train/box_loss,{SECRET}\n1,0.7777,0.7777,1\n")
+    label = outside / "secret-label.txt"
+    label.write_text("3 0.7777 0.5 0.2 0.2\n")
+
+    dataset = layout.datasets / "handmade"
+    for sub in ("images", "labels"):
+        (dataset / "train" / sub).mkdir(parents=True)
+    (dataset / "data.yaml").write_text(f"path: {dataset}\ntrain: train/images\nval: train/images\nnc: 80\n")
+    (dataset / "train" / "images" / "ok.jpg").write_bytes(jpeg(1))
+    (dataset / "train" / "labels" / "ok.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (dataset / "train" / "images" / "escape.jpg").symlink_to(text)
+    (dataset / "train" / "images" / "linked-label.jpg").write_bytes(jpeg(2))
+    (dataset / "train" / "labels" / "linked-label.txt").symlink_to(label)
+    linked_manifest = layout.datasets / "linked-manifest"
+    (linked_manifest / "train" / "images").mkdir(parents=True)
+    (linked_manifest / "data.yaml").write_text("nc: 80\n")
+    (linked_manifest / "manifest.json").symlink_to(as_json)
+
+    (layout.rejected / "5.bin").symlink_to(text)
+    (layout.rejected / "5.json").write_text(json.dumps({"reason": "undecodable", "detail": "x", "offset": 5}))
+    (layout.rejected / "6.json").symlink_to(as_json)
+    (layout.corrupted.root / "linked.reason.txt").symlink_to(text)
+    (layout.corrupted.root / "plain.reason.txt").write_text("bad-label\nline 1: expected 5 fields\n")
+    os.mkfifo(layout.corrupted.root / "fifo.reason.txt")  # would block a reader that waits for a writer
+
+    run = layout.models / "azaion-run"
+    (run / "report").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"status": "finished", "epochs": 1, "started": "2026-01-01T00:00:00"}))
+    (run / "results.csv").symlink_to(as_csv)
+    (run / "report" / "report.json").symlink_to(as_json)
+    (run / "report" / "link.html").symlink_to(text)
+    (run / "report" / "index.html").write_text("<p>report</p>")
+    linked_run = layout.models / "azaion-linked"
+    linked_run.mkdir()
+    (linked_run / "run.json").symlink_to(as_json)

@@ -4,6 +4,8 @@ import json
 import re
 import time
 
+import httpx
+
 from tests.conftest import run_azaion
 from tests.web.conftest import CORRUPTED, MODEL_KEY, TOKEN, busiest_class, rejected_reasons
 
@@ -143,42 +145,109 @@ def test_read_only_without_token(server, web_tree):
     assert server.post("/api/models/rollback").status_code == 403
 
 
+def test_read_only_cockpit_refuses_foreign_hosts(server):
+    """DNS rebinding: a page of attacker.example resolved to 127.0.0.1 reads nothing."""
+    response = server.get("/api/status", headers={"Host": "attacker.example"})
+    assert response.status_code == 400 and "COCKPIT_ALLOWED_HOSTS" in response.json()["error"]
+    assert "areas" not in response.text
+    assert server.get("/api/status", headers={"Host": "localhost:8600"}).status_code == 200
+
+
 def test_token_is_required_and_never_shown(token_server, web_tree):
     run = web_tree["run"]
-    assert token_server.post(f"/api/models/{run}/promote").status_code == 401
+    for path in ("/api/status", "/api/quarantine", f"/api/datasets/{web_tree['dataset']}", "/api/models",
+                 f"/files/queue-rejected/{token_server.json('/api/quarantine')['rejected'][0]['offset']}.bin"):
+        response = token_server.get(path, auth=False)
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer", path
+    page = token_server.get("/quarantine", auth=False, headers={"Accept": "text/html"}, follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/login?next=%2Fquarantine"
+    assert token_server.post(f"/api/models/{run}/promote", auth=False).status_code == 401
     wrong = token_server.post(f"/api/models/{run}/promote", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
-    cross = token_server.post(f"/api/models/{run}/promote", data={"token": TOKEN, "target": "azaion"},
+    cross = token_server.post(f"/api/models/{run}/promote", data={"target": "azaion"},
                               headers={"Origin": "http://evil.example"})
     assert cross.status_code == 403
     assert 'class="promote"' in token_server.get("/models").text
     for path in ("/", "/runs", f"/runs/{run}", "/models", "/datasets", f"/datasets/{web_tree['dataset']}",
-                 "/quarantine", "/api/status", "/api/health", "/api/overview", "/api/models", "/api/runs"):
+                 "/quarantine", "/api/status", "/api/health", "/api/overview", "/api/models", "/api/runs", "/login"):
         body = token_server.get(path).text
         assert TOKEN not in body and MODEL_KEY not in body, path
 
 
+def test_login_flow_over_real_http(token_server, web_tree, tmp_path):
+    """A browser's way in, through the real `azaion serve`: redirect to /login, the token for a
+    cookie, pages, a POST with the page's CSRF token, log out."""
+    with httpx.Client(base_url=token_server.url, timeout=120, headers={"Accept": "text/html"}) as browser:
+        first = browser.get("/models", follow_redirects=True)
+        assert first.url.path == "/login" and 'name="token"' in first.text and "set-cookie" not in first.headers
+        refused = browser.post("/login", data={"token": TOKEN[:-1], "next": "/models"})
+        assert refused.status_code == 401 and "wrong token" in refused.text and not browser.cookies
+        response = browser.post("/login", data={"token": TOKEN, "next": "/models"})
+        assert response.status_code == 303 and response.headers["location"] == "/models"
+        cookie = response.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and TOKEN not in cookie
+        page = browser.get("/models")
+        assert page.status_code == 200 and 'id="who">cockpit:' in page.text and TOKEN not in page.text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        target = f"local:{tmp_path / 'cdn'}"
+        assert browser.post("/api/models/rollback", data={"target": target}).status_code == 403  # no CSRF token
+        done = browser.post("/api/models/rollback", data={"target": target, "csrf": csrf})
+        assert done.status_code == 400 and "nothing to roll back" in done.text  # past the checks, to the work
+        assert browser.get("/api/status").status_code == 200
+        kept = browser.cookies.get("azaion_cockpit")
+        assert browser.post("/logout", data={"csrf": csrf}).status_code == 303
+    assert httpx.get(token_server.url + "/api/status", headers={"Cookie": f"azaion_cockpit={kept}"}).status_code == 401
+
+
 def test_promote_through_the_gate_then_rollback_refused(token_server, web_tree, tmp_path):
     run, target = web_tree["run"], f"local:{tmp_path / 'cdn'}"
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    response = token_server.post(f"/api/models/{run}/promote", params={"target": target}, headers=headers)
+    response = token_server.post(f"/api/models/{run}/promote", params={"target": target})
     assert response.status_code == 200, response.text
     decision = response.json()
     assert decision["action"] == "promote" and decision["production"] is None
+    assert decision["event"]["by"] == "cockpit@cockpit"  # the operator, not the server's user
     models = token_server.json("/api/models")
     key = decision["target"]
     assert models["production"][key] == run
     assert models["versions"] == list(reversed(cli_json(web_tree["env"], "models", "list")))
-    again = token_server.post(f"/api/models/{run}/promote", params={"target": target}, headers=headers)
+    history = (web_tree["root"] / "models" / "published" / "models" / "history.jsonl").read_text().splitlines()
+    assert json.loads(history[-1])["by"] == "cockpit@cockpit" and json.loads(history[-1])["target"] == key
+    again = token_server.post(f"/api/models/{run}/promote", params={"target": target})
     assert again.json()["action"] == "unchanged"
-    rollback = token_server.post("/api/models/rollback", params={"target": target}, headers=headers)
+    rollback = token_server.post("/api/models/rollback", params={"target": target})
     assert rollback.status_code == 400 and "nothing to roll back" in rollback.json()["error"]
 
 
-def test_binding_beyond_loopback_needs_a_token(web_tree):
+def test_a_named_operator_is_recorded_in_the_history(web_tree, tmp_path):
+    """COCKPIT_USERS: promoting from the cockpit records who clicked (NAME@cockpit)."""
+    from starlette.testclient import TestClient
+
+    from azaion_training.settings import load_settings
+    from azaion_training.web.app import create_app
+    from azaion_training.web.auth import add_user
+
+    users = tmp_path / "users"
+    token = add_user(users, "olena")
+    app = create_app(load_settings(env={**web_tree["env"], "COCKPIT_USERS": str(users)}), warm=False)
+    with TestClient(app, base_url="http://127.0.0.1") as browser:
+        assert browser.post("/login", data={"token": token}, follow_redirects=False).status_code == 303
+        page = browser.get("/models", headers={"Accept": "text/html"}).text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        target = f"local:{tmp_path / 'olena-cdn'}"
+        response = browser.post(f"/api/models/{web_tree['run']}/promote", data={"target": target, "csrf": csrf})
+    assert response.status_code == 200, response.text
+    assert response.json()["event"]["by"] == "olena@cockpit"
+    events = [json.loads(line) for line in
+              (web_tree["root"] / "models" / "published" / "models" / "history.jsonl").read_text().splitlines()]
+    assert [e["by"] for e in events if e["target"].endswith("olena-cdn")] == ["olena@cockpit"]
+
+
+def test_binding_beyond_loopback_needs_a_long_token(web_tree):
     result = run_azaion("serve", "--host", "0.0.0.0", "--port", "1", env=web_tree["env"])
     assert result.returncode == 2
     assert "COCKPIT_TOKEN" in result.stderr and "Traceback" not in result.stderr + result.stdout
+    short = run_azaion("serve", "--host", "0.0.0.0", "--port", "1", env={**web_tree["env"], "COCKPIT_TOKEN": "a"})
+    assert short.returncode == 2 and "at least 32" in short.stderr
 
 
 def test_a_port_in_use_is_a_clear_error(server, web_tree):

@@ -1,61 +1,57 @@
 """The cockpit's ASGI app: server-rendered pages with a JSON twin each, over the same
 functions as the CLI (`azaion status`, `azaion health`, training runs, dataset manifests,
-queue-rejected records). Read-only unless COCKPIT_TOKEN is set; files are served only by
-names the server resolves itself inside the data root (docs/data-tree.md)."""
+queue-rejected records). Access (docs/cockpit.md): loopback-only and read-only without
+credentials; with COCKPIT_TOKEN or COCKPIT_USERS every route but /healthz and /login needs a
+login, checked by the middleware in guard.py together with the Host allow-list, the body cap
+and CSRF. Every file a page shows is read through rootfiles.open_inside (never beyond the
+data root, never a FIFO or device); files are served only by names the server resolves itself
+inside the data root (docs/data-tree.md)."""
 
-import hmac
-import ipaddress
+import mimetypes
+import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from azaion_training.classes import load_classes, model_class_names
-from azaion_training.errors import ConfigError
 from azaion_training.layout import Layout
 from azaion_training.ops.health import HealthOptions, run_health
 from azaion_training.report.status import collect_status
+from azaion_training.rootfiles import open_inside
 from azaion_training.settings import Settings
+from azaion_training.web import guard
+from azaion_training.web.auth import Credentials, check_bind, is_loopback  # noqa: F401  (the CLI's imports)
 from azaion_training.web.cache import Refreshing, tree_signature
 from azaion_training.web.datasets import DatasetIndexes
+from azaion_training.web.params import BadRequest
 from azaion_training.web.quarantine import Quarantine
 
 HERE = Path(__file__).parent
 HEALTH_TTL_S = 30.0  # `azaion health` probes the broker: at most one run per this many seconds
 INGEST_WINDOW_S = 600.0
 PAGE_SIZE = 48
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_bind(host: str, settings: Settings) -> None:
-    """Anything but loopback needs COCKPIT_TOKEN (the pages show the whole data tree)."""
-    if not is_loopback(host) and settings.cockpit.token is None:
-        raise ConfigError(f"refusing to listen on {host}: anything but loopback (127.0.0.1, ::1, localhost) "
-                          "needs COCKPIT_TOKEN; set it, or use --host 127.0.0.1 (behind an SSH tunnel or a proxy)")
+CHUNK = 64 * 1024
 
 
 class Cockpit:
     """What the routes share: settings, the tree, and the indexes kept between requests."""
 
-    def __init__(self, settings: Settings, config: Path | None, health_options: HealthOptions | None):
+    def __init__(self, settings: Settings, config: Path | None, health_options: HealthOptions | None,
+                 credentials: Credentials | None = None):
         self.settings = settings
         self.layout = Layout(settings.paths)
+        self.credentials = credentials or Credentials.from_settings(settings)
         self.classes = load_classes(self.layout.classes_json)
         self.class_names = model_class_names(self.layout.classes_json)
         self.status = Refreshing("status", lambda: collect_status(settings), lambda: tree_signature(self.layout))
@@ -67,8 +63,7 @@ class Cockpit:
         self.quarantine = Quarantine(self.layout)
         self._offsets: deque[tuple[float, int]] = deque()
         self._offsets_lock = threading.Lock()
-        token = settings.cockpit.token
-        self._token = token.get_secret_value().encode() if token is not None else None
+        self.css = (HERE / "static" / "cockpit.css").read_text(encoding="utf-8")  # inlined in the login page
         self.templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                                      autoescape=select_autoescape(["html"]))
         self.templates.globals.update(writable=self.writable, colour=self.colour, class_name=self.class_name)
@@ -77,10 +72,8 @@ class Cockpit:
 
     @property
     def writable(self) -> bool:
-        return self._token is not None
-
-    def token_matches(self, given: str) -> bool:
-        return self._token is not None and hmac.compare_digest(given.encode(), self._token)
+        """Promote and roll back need someone to answer for them: a configured credential."""
+        return self.credentials.protected
 
     # ------------------------------------------------------------------ helpers
 
@@ -110,33 +103,87 @@ class Cockpit:
             return None
         return round((offset - first_offset) / (now - first_time) * 60, 1)
 
-    def render(self, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    def render(self, request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        """A page, with who is logged in and the session's CSRF token for its forms."""
+        state = request.scope.get("state", {})
+        context = {"operator": state.get("operator"), "csrf": state.get("csrf"),
+                   "protected": self.credentials.protected, **context}
         return HTMLResponse(self.templates.get_template(template).render(**context), status_code=status_code)
 
 
+def _cockpit(request: Request) -> Cockpit:
+    return request.app.state.cockpit
+
+
+def wants_html(request: Request) -> bool:
+    return (not request.url.path.startswith("/api/") and "authorization" not in request.headers
+            and "text/html" in request.headers.get("accept", ""))
+
+
 def not_found(request: Request, what: str = "not found") -> Response:
-    if request.url.path.startswith("/api/"):
+    if not wants_html(request):
         return JSONResponse({"error": what}, status_code=404)
-    cockpit: Cockpit = request.app.state.cockpit
-    return cockpit.render("message.html", 404, title="Not found", message=what)
+    return _cockpit(request).render(request, "message.html", 404, title="Not found", message=what)
+
+
+def bad_request(request: Request, exc: Exception) -> Response:
+    message = exc.message if isinstance(exc, BadRequest) else "bad request"
+    if not wants_html(request):
+        return JSONResponse({"error": message}, status_code=400)
+    return _cockpit(request).render(request, "message.html", 400, title="Bad request", message=message)
+
+
+def _chunks(handle) -> Iterator[bytes]:
+    with handle:
+        while chunk := handle.read(CHUNK):
+            yield chunk
 
 
 def file_response(path: Path | None, request: Request, download: bool = False) -> Response:
-    """A file the caller resolved inside the root (None: 404); its type guessed from its name."""
+    """A file the caller resolved inside the root, streamed from the descriptor open_inside
+    checked (None, or a symlink out of the root, a FIFO or a device: 404); its type guessed from
+    its name."""
     if path is None:
         return not_found(request)
-    return FileResponse(path, filename=path.name if download else None,
-                        content_disposition_type="attachment" if download else "inline")
+    try:
+        handle = open_inside(_cockpit(request).layout.root, path)
+    except OSError:
+        return not_found(request)
+    size = os.fstat(handle.fileno()).st_size
+    kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    disposition = f'attachment; filename="{path.name}"' if download else "inline"
+    return StreamingResponse(_chunks(handle), media_type=kind,
+                             headers={"content-length": str(size), "content-disposition": disposition,
+                                      "cache-control": "private, no-cache"})
+
+
+def allowed_hosts(settings: Settings, bind_host: str) -> list[str]:
+    """COCKPIT_ALLOWED_HOSTS, or: the bind address, localhost, 127.0.0.1 and [::1] (any port)."""
+    configured = [h.strip() for h in settings.cockpit.allowed_hosts.split(",") if h.strip()]
+    if configured:
+        return configured
+    bind = f"[{bind_host}]" if ":" in bind_host and not bind_host.startswith("[") else bind_host
+    return [bind, "localhost", "127.0.0.1", "[::1]"]
+
+
+def healthz(request: Request) -> Response:
+    """Liveness only: answers without a login and shows nothing."""
+    return PlainTextResponse("ok")
 
 
 def create_app(settings: Settings, config: Path | None = None, health_options: HealthOptions | None = None,
-               warm: bool = True) -> Starlette:
+               warm: bool = True, bind_host: str | None = None) -> Starlette:
     from azaion_training.web import routes
 
     cockpit = Cockpit(settings, config, health_options)
-    app = Starlette(routes=[*routes.ROUTES, Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    middleware = [Middleware(guard.BodyLimit),
+                  Middleware(guard.AllowedHosts, allowed=allowed_hosts(settings, bind_host or settings.cockpit.host)),
+                  Middleware(guard.Authenticate, credentials=cockpit.credentials)]
+    app = Starlette(routes=[Route("/healthz", healthz), *routes.ROUTES,
+                            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
                             Route("/{path:path}", lambda r: not_found(r))],
-                    exception_handlers={404: lambda r, e: not_found(r)})
+                    middleware=middleware,
+                    exception_handlers={404: lambda r, e: not_found(r), BadRequest: bad_request})
     app.state.cockpit = cockpit
     if warm:  # the first visitor should not wait for the first status, health or dataset index
         cockpit.status.warm()

@@ -1,6 +1,8 @@
 """The dataset browser's index: each formed dataset's images with the classes of their boxes,
 read once (manifest.json, then every label file) and kept in memory until the dataset's
-manifest or data.yaml changes. Pages and image requests only look names up here."""
+manifest or data.yaml changes. Pages and image requests only look names up here. The manifest
+and label files are read through rootfiles.open_inside (one leading out of the data root reads
+as missing)."""
 
 import json
 import os
@@ -14,6 +16,7 @@ from typing import Any
 from azaion_training.dataset.stats import dataset_stats
 from azaion_training.labels import LabelError, label_classes, label_path_for
 from azaion_training.layout import SPLITS, DatasetDir, Layout, is_safe_name
+from azaion_training.rootfiles import read_text_inside
 
 
 @dataclass(frozen=True)
@@ -72,10 +75,10 @@ def _listed_images(dataset: DatasetDir) -> Iterator[tuple[str, str]]:
             yield split, image.name
 
 
-def _classes(label: Path) -> tuple[int, ...]:
+def _classes(root: Path, label: Path) -> tuple[int, ...]:
     try:
-        return label_classes(label.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, LabelError):
+        return label_classes(read_text_inside(root, label, 1 << 20))
+    except (OSError, LabelError):
         return ()
 
 
@@ -94,10 +97,10 @@ def _summary(path: Path, manifest: dict | None) -> dict[str, Any]:
             "boxes": {s: dict(stats.boxes[s]) for s in SPLITS}, "corrupted": None, "from": "label files"}
 
 
-def build_index(dataset: DatasetDir) -> DatasetIndex:
+def build_index(dataset: DatasetDir, root: Path) -> DatasetIndex:
     signature = _signature(dataset)
     try:
-        manifest = json.loads(dataset.manifest.read_text(encoding="utf-8"))
+        manifest = json.loads(read_text_inside(root, dataset.manifest))
     except (OSError, ValueError):
         manifest = None
     manifest = manifest if isinstance(manifest, dict) else None
@@ -106,7 +109,7 @@ def build_index(dataset: DatasetDir) -> DatasetIndex:
     for split, image in listed:
         if not is_safe_name(image):  # never served: the server only hands out names it can resolve
             continue
-        item = Item(split, image, _classes(dataset.split(split).label_path(os.path.splitext(image)[0])))
+        item = Item(split, image, _classes(root, dataset.split(split).label_path(os.path.splitext(image)[0])))
         index.items.append(item)
         index.by_file[(split, image)] = item
     return index
@@ -139,7 +142,7 @@ class DatasetIndexes:
         with self._lock:
             index = self._indexes.get(name)
             if index is None or index.signature != _signature(dataset):
-                index = self._indexes[name] = build_index(dataset)
+                index = self._indexes[name] = build_index(dataset, self.layout.root)
             self._indexes.move_to_end(name)
             while len(self._indexes) > self.KEEP:
                 self._indexes.popitem(last=False)

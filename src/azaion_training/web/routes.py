@@ -3,20 +3,23 @@ Starlette runs them in its thread pool, so a slow read (a dataset's first indexi
 up other requests."""
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from azaion_training.labels import LabelError, parse_line
 from azaion_training.layout import SPLITS
-from azaion_training.training.runs import latest_run
+from azaion_training.rootfiles import read_text_inside
+from azaion_training.web import params
 from azaion_training.web import runs as run_data
-from azaion_training.web.app import PAGE_SIZE, Cockpit, file_response, not_found
+from azaion_training.web.app import PAGE_SIZE, Cockpit, file_response, not_found, wants_html
+from azaion_training.web.auth import COOKIE
 from azaion_training.web.svg import line_chart
 
 
@@ -33,14 +36,14 @@ def _json(data: Any) -> JSONResponse:
 
 def overview_data(cockpit: Cockpit) -> dict[str, Any]:
     status = cockpit.status.get()
-    latest = latest_run(cockpit.layout)
+    latest = run_data.latest_record(cockpit.layout)
     return {"status": status, "health": cockpit.health.get(), "ingest_per_min": cockpit.ingest_rate(status),
-            "latest_run": run_data.run_summary(latest) if latest else None}
+            "latest_run": run_data.run_summary(cockpit.layout, latest) if latest else None}
 
 
 def overview(request: Request) -> Response:
     cockpit = _cockpit(request)
-    return cockpit.render("overview.html", **overview_data(cockpit))
+    return cockpit.render(request, "overview.html", **overview_data(cockpit))
 
 
 def api_overview(request: Request) -> Response:
@@ -61,7 +64,8 @@ def api_health(request: Request) -> Response:
 
 
 def runs_page(request: Request) -> Response:
-    return _cockpit(request).render("runs.html", runs=run_data.runs_newest_first(_cockpit(request).layout))
+    cockpit = _cockpit(request)
+    return cockpit.render(request, "runs.html", runs=run_data.runs_newest_first(cockpit.layout))
 
 
 def api_runs(request: Request) -> Response:
@@ -69,13 +73,12 @@ def api_runs(request: Request) -> Response:
 
 
 def run_detail(cockpit: Cockpit, run: str) -> dict[str, Any] | None:
-    from azaion_training.training.runs import RunRecord
-
-    run_dir = run_data.find_run_dir(cockpit.layout, run)
+    layout = cockpit.layout
+    run_dir = run_data.find_run_dir(layout, params.name(run, "run name"))
     if run_dir is None:
         return None
-    return {**run_data.run_summary(RunRecord.load(run_dir)), "curves": run_data.run_curves(run_dir),
-            "evaluation": run_data.run_report(run_dir)}
+    return {**run_data.run_summary(layout, run_data.load_record(layout, run_dir)),
+            "curves": run_data.run_curves(layout, run_dir), "evaluation": run_data.run_report(layout, run_dir)}
 
 
 def run_page(request: Request) -> Response:
@@ -86,7 +89,7 @@ def run_page(request: Request) -> Response:
     curves = detail["curves"]
     charts = [line_chart("losses", curves["epoch"], curves["losses"]),
               line_chart("validation metrics", curves["epoch"], curves["metrics"])]
-    return cockpit.render("run.html", run=detail, charts=charts)
+    return cockpit.render(request, "run.html", run=detail, charts=charts)
 
 
 def api_run(request: Request) -> Response:
@@ -95,8 +98,9 @@ def api_run(request: Request) -> Response:
 
 
 def run_report_file(request: Request) -> Response:
-    path = run_data.report_file(_cockpit(request).layout, request.path_params["run"], request.path_params["name"])
-    return file_response(path, request)
+    run = params.name(request.path_params["run"], "run name")
+    name = params.name(request.path_params["name"], "report file name")
+    return file_response(run_data.report_file(_cockpit(request).layout, run, name), request)
 
 
 # ---------------------------------------------------------------------------------- datasets
@@ -113,17 +117,18 @@ def datasets_data(cockpit: Cockpit) -> list[dict[str, Any]]:
 
 def datasets_page(request: Request) -> Response:
     cockpit = _cockpit(request)
-    return cockpit.render("datasets.html", datasets=datasets_data(cockpit), splits=SPLITS)
+    return cockpit.render(request, "datasets.html", datasets=datasets_data(cockpit), splits=SPLITS)
 
 
 def api_datasets(request: Request) -> Response:
     return _json(datasets_data(_cockpit(request)))
 
 
-def read_boxes(label: Path | None) -> tuple[list[dict[str, Any]], list[str]]:
-    """(boxes, label lines) of a label file; a line that is not a valid box is listed, not drawn."""
+def read_boxes(cockpit: Cockpit, label: Path | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """(boxes, label lines) of a label file; a line that is not a valid box is listed, not drawn.
+    A label file leading out of the root (or not a regular file) reads as empty."""
     try:
-        lines = label.read_text(encoding="utf-8", errors="replace").splitlines() if label else []
+        lines = read_text_inside(cockpit.layout.root, label, LABEL_LIMIT).splitlines() if label else []
     except OSError:
         lines = []
     boxes = []
@@ -139,24 +144,22 @@ def read_boxes(label: Path | None) -> tuple[list[dict[str, Any]], list[str]]:
     return boxes, lines
 
 
-def _query_int(request: Request, key: str) -> int | None:
-    value = request.query_params.get(key, "")
-    return int(value) if value.isdigit() else None
+LABEL_LIMIT = 1 << 20  # a label file is a few lines: a bigger one is not shown
 
 
 def dataset_page_data(cockpit: Cockpit, request: Request) -> dict[str, Any] | None:
-    index = cockpit.datasets.get(request.path_params["name"])
+    name = params.name(request.path_params["name"], "dataset name")
+    split = params.split(request.query_params.get("split", ""), optional=True)
+    cls, page = params.class_id(request), params.page(request)
+    index = cockpit.datasets.get(name)
     if index is None:
         return None
-    split = request.query_params.get("split", "")
-    split = split if split in SPLITS else ""
-    cls = _query_int(request, "class")
     selected = index.select(split, cls)
     pages = max(1, math.ceil(len(selected) / PAGE_SIZE))
-    page = min(max(_query_int(request, "page") or 1, 1), pages)
+    page = min(page, pages)
     images = []
     for item in selected[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]:
-        boxes, _ = read_boxes(index.label_path(item.split, item.image))
+        boxes, _ = read_boxes(cockpit, index.label_path(item.split, item.image))
         images.append({"split": item.split, "image": item.image, "boxes": [b for b in boxes if "cls" in b],
                        "classes": sorted(set(item.classes))})
     present = sorted({c for counts in index.summary["boxes"].values() for c in counts})
@@ -175,7 +178,8 @@ def dataset_page(request: Request) -> Response:
     data = dataset_page_data(cockpit, request)
     if data is None:
         return not_found(request, "no such dataset")
-    return cockpit.render("dataset.html", data=data, splits=SPLITS, page_link=lambda p: _page_link(data, p))
+    return cockpit.render(request, "dataset.html", data=data, splits=SPLITS,
+                          page_link=lambda p: _page_link(data, p))
 
 
 def api_dataset(request: Request) -> Response:
@@ -183,12 +187,17 @@ def api_dataset(request: Request) -> Response:
     return _json(data) if data is not None else not_found(request, "no such dataset")
 
 
+def _image_params(request: Request) -> tuple[str, str, str]:
+    return (params.name(request.path_params["name"], "dataset name"), params.split(request.path_params["split"]),
+            params.name(request.path_params["image"], "image name"))
+
+
 def image_detail(cockpit: Cockpit, request: Request) -> dict[str, Any] | None:
-    name, split, image = (request.path_params[k] for k in ("name", "split", "image"))
+    name, split, image = _image_params(request)
     index = cockpit.datasets.get(name)
     if index is None or index.image_path(split, image) is None:
         return None
-    boxes, lines = read_boxes(index.label_path(split, image))
+    boxes, lines = read_boxes(cockpit, index.label_path(split, image))
     return {"dataset": name, "split": split, "image": image, "boxes": boxes, "label_lines": lines}
 
 
@@ -197,7 +206,7 @@ def image_page(request: Request) -> Response:
     detail = image_detail(cockpit, request)
     if detail is None:
         return not_found(request, "no such image in this dataset")
-    return cockpit.render("image.html", detail=detail)
+    return cockpit.render(request, "image.html", detail=detail)
 
 
 def api_image(request: Request) -> Response:
@@ -207,12 +216,9 @@ def api_image(request: Request) -> Response:
 
 def image_file(request: Request) -> Response:
     cockpit = _cockpit(request)
-    name, split, image = (request.path_params[k] for k in ("name", "split", "image"))
+    name, split, image = _image_params(request)
     index = cockpit.datasets.get(name)
-    path = index.image_path(split, image) if index else None
-    if path is None or not path.is_file() or not cockpit.layout.inside_root(path):
-        return not_found(request)
-    return file_response(path, request)
+    return file_response(index.image_path(split, image) if index else None, request)
 
 
 # ---------------------------------------------------------------------------------- quarantine
@@ -230,22 +236,26 @@ def quarantine_data(cockpit: Cockpit, reason: str) -> dict[str, Any]:
                           for r in records["corrupted"] if not reason or r["reason"] == reason]}
 
 
+def _reason(request: Request) -> str:
+    return params.text(request.query_params.get("reason", ""), "reason")
+
+
 def quarantine_page(request: Request) -> Response:
     cockpit = _cockpit(request)
-    return cockpit.render("quarantine.html", data=quarantine_data(cockpit, request.query_params.get("reason", "")))
+    return cockpit.render(request, "quarantine.html", data=quarantine_data(cockpit, _reason(request)))
 
 
 def api_quarantine(request: Request) -> Response:
-    return _json(quarantine_data(_cockpit(request), request.query_params.get("reason", "")))
+    return _json(quarantine_data(_cockpit(request), _reason(request)))
 
 
 def rejected_file(request: Request) -> Response:
-    path = _cockpit(request).quarantine.rejected_file(request.path_params["file"])
+    path = _cockpit(request).quarantine.rejected_file(params.rejected_file(request.path_params["file"]))
     return file_response(path, request, download=True)
 
 
 def corrupted_image(request: Request) -> Response:
-    path = _cockpit(request).quarantine.corrupted_image(request.path_params["name"])
+    path = _cockpit(request).quarantine.corrupted_image(params.name(request.path_params["name"], "annotation name"))
     return file_response(path, request)
 
 
@@ -253,54 +263,59 @@ def corrupted_image(request: Request) -> Response:
 
 
 def models_data(cockpit: Cockpit) -> dict[str, Any]:
-    """What `azaion models list --json` prints, plus production per target."""
-    from azaion_training.lifecycle.registry import list_versions
+    """What `azaion models list --json` prints, plus production per target; runs whose record
+    leads out of the root are left out, and a history file that does is refused."""
+    from azaion_training.lifecycle.registry import history_path, list_versions
 
-    versions = list(reversed(list_versions(cockpit.layout)))
+    history = history_path(cockpit.layout)
+    if history.is_symlink() or history.exists():
+        try:
+            read_text_inside(cockpit.layout.root, history)
+        except OSError as exc:
+            return {"versions": [], "production": {}, "error": f"promotion history not shown: {exc}"}
+    layout = cockpit.layout
+    versions = [v for v in reversed(list_versions(layout))
+                if not run_data.record_refused(layout, layout.models / v["run"])]
     production = {target: v["run"] for v in versions for target in v["production_on"]}
     return {"versions": versions, "production": production}
 
 
 def models_page(request: Request) -> Response:
     cockpit = _cockpit(request)
-    return cockpit.render("models.html", **models_data(cockpit))
+    return cockpit.render(request, "models.html", **models_data(cockpit))
 
 
 def api_models(request: Request) -> Response:
     return _json(models_data(_cockpit(request)))
 
 
-async def _authorised_form(request: Request) -> tuple[dict[str, str], Response | None]:
-    """The POST's form fields, or the refusal: read-only cockpit or cross-site request (403),
-    missing or wrong token (401). The token travels in the request itself (Authorization:
-    Bearer, or the form's password field); no cookie is ever set, so another site cannot make
-    a browser send it."""
-    cockpit = _cockpit(request)
-    form: dict[str, str] = {}
-    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-        form = {k: v[-1] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
-    if not cockpit.writable:
-        return form, _refusal(request, 403, "the cockpit is read-only: set COCKPIT_TOKEN to promote or roll back")
-    origin = request.headers.get("origin")
-    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-    if (origin and origin != own) or request.headers.get("sec-fetch-site") == "cross-site":
-        return form, _refusal(request, 403, "cross-origin request refused")
-    header = request.headers.get("authorization", "")
-    given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else form.get("token", "")
-    if not given or not cockpit.token_matches(given):
-        response = _refusal(request, 401, "a valid COCKPIT_TOKEN is needed (Authorization: Bearer TOKEN)")
-        response.headers["WWW-Authenticate"] = "Bearer"
-        return form, response
-    return form, None
+def _writable(request: Request) -> Response | None:
+    """None, or the refusal of a read-only cockpit (no credential configured: 403). Who the
+    operator is and the CSRF check are the middleware's (guard.Authenticate)."""
+    if not _cockpit(request).writable:
+        return _refusal(request, 403, "the cockpit is read-only: set COCKPIT_TOKEN or COCKPIT_USERS to promote "
+                                      "or roll back")
+    return None
+
+
+async def _form(request: Request) -> dict[str, str]:
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        return {}
+    return {k: v[-1] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
 
 
 def _refusal(request: Request, status: int, message: str) -> Response:
-    if request.headers.get("authorization") or "text/html" not in request.headers.get("accept", ""):
+    if not wants_html(request):
         return JSONResponse({"error": message}, status_code=status)
-    return _cockpit(request).render("message.html", status, title="Refused", message=message, back="/models")
+    return _cockpit(request).render(request, "message.html", status, title="Refused", message=message, back="/models")
 
 
-async def _decide(request: Request, form: dict[str, str], action) -> Response:
+def _by(request: Request) -> str:
+    """How the promotion history names the operator who clicked: NAME@cockpit."""
+    return f"{request.state.operator}@cockpit"
+
+
+async def _decide(request: Request, action) -> Response:
     """Run a promote/rollback decision (the CLI's functions: same gate, same history)."""
     from azaion_training.errors import AzaionError
 
@@ -309,9 +324,10 @@ async def _decide(request: Request, form: dict[str, str], action) -> Response:
         status, message = (409 if decision["action"] == "refused" else 200), _decision_text(decision)
     except AzaionError as exc:
         decision, status, message = {"error": str(exc)}, 400 if exc.exit_code == 2 else 500, str(exc)
-    if "token" not in form:  # an API client
+    if not wants_html(request):  # an API client
         return JSONResponse(decision, status_code=status)
-    return _cockpit(request).render("message.html", status, title="Decision", message=message, back="/models")
+    return _cockpit(request).render(request, "message.html", status, title="Decision", message=message,
+                                    back="/models")
 
 
 def _decision_text(decision: dict[str, Any]) -> str:
@@ -325,26 +341,74 @@ def _decision_text(decision: dict[str, Any]) -> str:
 async def promote_run(request: Request) -> Response:
     from azaion_training.lifecycle.promote import promote
 
-    form, refusal = await _authorised_form(request)
+    refusal = _writable(request)
     if refusal is not None:
         return refusal
-    run, target = request.path_params["run"], form.get("target") or request.query_params.get("target", "azaion")
-    settings = _cockpit(request).settings
-    return await _decide(request, form, lambda: promote(settings, run, target))
+    form = await _form(request)
+    run = params.name(request.path_params["run"], "run name")
+    target = params.target(form.get("target") or request.query_params.get("target", "azaion"))
+    settings, by = _cockpit(request).settings, _by(request)
+    return await _decide(request, lambda: promote(settings, run, target, operator=by))
 
 
 async def rollback_target(request: Request) -> Response:
     from azaion_training.lifecycle.promote import rollback
 
-    form, refusal = await _authorised_form(request)
+    refusal = _writable(request)
     if refusal is not None:
         return refusal
-    target = form.get("target") or request.query_params.get("target", "azaion")
-    settings = _cockpit(request).settings
-    return await _decide(request, form, lambda: rollback(settings, target))
+    form = await _form(request)
+    target = params.target(form.get("target") or request.query_params.get("target", "azaion"))
+    settings, by = _cockpit(request).settings, _by(request)
+    return await _decide(request, lambda: rollback(settings, target, operator=by))
+
+
+# ---------------------------------------------------------------------------------- login
+
+
+def _next(value: str) -> str:
+    """Where to go after logging in: a path of this site only (never //host or a scheme)."""
+    return value if re.fullmatch(r"/(?![/\\])[^\x00-\x20\x7f\\]{0,1999}", value) else "/"
+
+
+def login_page(request: Request, status_code: int = 200, error: str | None = None) -> Response:
+    cockpit = _cockpit(request)
+    target = _next(request.query_params.get("next", "/"))
+    if not cockpit.credentials.protected or request.state.operator is not None:
+        return RedirectResponse(target, status_code=303)
+    return cockpit.render(request, "login.html", status_code, next=target, error=error, css=cockpit.css,
+                          hours=f"{cockpit.credentials.session_s / 3600:g}")
+
+
+async def login(request: Request) -> Response:
+    """Exchange a token for a session cookie (HttpOnly, SameSite=Strict, Secure over https)."""
+    cockpit = _cockpit(request)
+    if not cockpit.credentials.protected:
+        return _refusal(request, 404, "this cockpit has no login: it is open to loopback only (set COCKPIT_TOKEN "
+                                      "or COCKPIT_USERS)")
+    form = await _form(request)
+    operator = await run_in_threadpool(cockpit.credentials.operator_of, form.get("token", ""))
+    if operator is None:
+        request.scope["query_string"] = urlencode({"next": form.get("next", "/")}).encode()
+        return login_page(request, 401, "wrong token")
+    response = RedirectResponse(_next(form.get("next", "/")), status_code=303)
+    response.set_cookie(COOKIE, cockpit.credentials.issue(operator), max_age=cockpit.credentials.session_s,
+                        path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+def logout(request: Request) -> Response:
+    cockpit = _cockpit(request)
+    cockpit.credentials.revoke(request.cookies.get(COOKIE))
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    return response
 
 
 ROUTES = [
+    Route("/login", login_page, methods=["GET"]),
+    Route("/login", login, methods=["POST"]),
+    Route("/logout", logout, methods=["POST"]),
     Route("/", overview),
     Route("/api/overview", api_overview),
     Route("/api/status", api_status),
