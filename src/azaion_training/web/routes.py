@@ -18,7 +18,7 @@ from azaion_training.layout import SPLITS
 from azaion_training.rootfiles import read_text_inside
 from azaion_training.web import params
 from azaion_training.web import runs as run_data
-from azaion_training.web.app import PAGE_SIZE, Cockpit, file_response, not_found, wants_html
+from azaion_training.web.app import PAGE_SIZE, Cockpit, file_response, not_found
 from azaion_training.web.auth import COOKIE
 from azaion_training.web.svg import line_chart
 
@@ -304,8 +304,13 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v[-1] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
 
 
+def _browser_form(request: Request) -> bool:
+    """A page's form posted by a browser (answered with a page), not a script (answered in JSON)."""
+    return "text/html" in request.headers.get("accept", "") and "authorization" not in request.headers
+
+
 def _refusal(request: Request, status: int, message: str) -> Response:
-    if not wants_html(request):
+    if not _browser_form(request):
         return JSONResponse({"error": message}, status_code=status)
     return _cockpit(request).render(request, "message.html", status, title="Refused", message=message, back="/models")
 
@@ -324,7 +329,7 @@ async def _decide(request: Request, action) -> Response:
         status, message = (409 if decision["action"] == "refused" else 200), _decision_text(decision)
     except AzaionError as exc:
         decision, status, message = {"error": str(exc)}, 400 if exc.exit_code == 2 else 500, str(exc)
-    if not wants_html(request):  # an API client
+    if not _browser_form(request):  # an API client
         return JSONResponse(decision, status_code=status)
     return _cockpit(request).render(request, "message.html", status, title="Decision", message=message,
                                     back="/models")
