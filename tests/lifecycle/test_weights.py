@@ -1,5 +1,5 @@
 """`azaion weights pull` against a local HTTP mirror, and training's resolution of a bare
-TRAINING_MODEL into models/base/."""
+TRAINING_MODEL into models/base/ (the supply-chain rules: test_weights_supply_chain.py)."""
 
 import http.server
 import threading
@@ -76,17 +76,21 @@ def _settings(monkeypatch, base_url: str):
 
 
 def _leftovers(layout) -> list[str]:
-    return sorted(p.name for p in layout.base_weights.iterdir()) if layout.base_weights.is_dir() else []
+    """What models/base/ holds besides the lock of recorded hashes."""
+    if not layout.base_weights.is_dir():
+        return []
+    return sorted(p.name for p in layout.base_weights.iterdir() if p != layout.base_weights_lock)
 
 
 def test_pull_stores_the_checkpoint_once(root, layout, mirror, checkpoint, monkeypatch):
     base_url, _, seen = mirror
     settings = _settings(monkeypatch, base_url)
-    first = pull(settings, NAME)
+    first = pull(settings, NAME, trust_on_first_use=True)
     assert first.downloaded and first.path == layout.base_weights / NAME
     assert first.path.read_bytes() == checkpoint.read_bytes()
-    again = pull(settings, NAME)
+    again = pull(settings, NAME)  # no flag needed: its hash is recorded now, and the file matches it
     assert not again.downloaded and again.path == first.path
+    assert (again.sha256, again.trust) == (first.sha256, "recorded")
     assert seen == [f"/{NAME}"]  # the second pull asked the mirror nothing
     assert _leftovers(layout) == [NAME]
 
@@ -100,7 +104,7 @@ def test_pull_stores_the_checkpoint_once(root, layout, mirror, checkpoint, monke
 def test_bad_downloads_are_refused_and_leave_nothing(root, layout, mirror, monkeypatch, path, name, reason):
     base_url, _, _ = mirror
     with pytest.raises(OperationFailed, match=reason) as refused:
-        pull(_settings(monkeypatch, base_url + path), name)
+        pull(_settings(monkeypatch, base_url + path), name, trust_on_first_use=True)
     assert "refused" in str(refused.value)
     assert _leftovers(layout) == []
 
@@ -109,10 +113,10 @@ def test_missing_name_and_unsafe_name(root, layout, mirror, monkeypatch):
     base_url, _, _ = mirror
     settings = _settings(monkeypatch, base_url)
     with pytest.raises(InputError, match="yolo99x.pt: not found \\(HTTP 404\\)"):
-        pull(settings, "yolo99x.pt")
+        pull(settings, "yolo99x.pt", trust_on_first_use=True)
     for bad in ("../evil.pt", ".hidden.pt", "yolo26n.yaml"):
         with pytest.raises(InputError):
-            pull(settings, bad)
+            pull(settings, bad, trust_on_first_use=True)
     assert _leftovers(layout) == []
 
 
@@ -124,12 +128,13 @@ def test_credentials_in_the_mirror_url_are_never_shown():
 def test_cli_pull_twice_and_404(root, mirror):
     base_url, _, _ = mirror
     env = {"WEIGHTS_BASE_URL": base_url}
-    done = run_azaion("weights", "pull", NAME, env=env)
+    done = run_azaion("weights", "pull", NAME, "--trust-on-first-use", env=env)
     assert done.returncode == 0, done.stderr
-    assert "pulled yolo26n.pt" in done.stdout
+    assert "pulled yolo26n.pt" in done.stdout and "checked against: trust-on-first-use" in done.stdout
     again = run_azaion("weights", "pull", NAME, env=env)
     assert again.returncode == 0 and "already present" in again.stdout and "nothing downloaded" in again.stdout
-    missing = run_azaion("weights", "pull", "yolo99x.pt", env=env)
+    assert "checked against: recorded" in again.stdout
+    missing = run_azaion("weights", "pull", "yolo99x.pt", "--trust-on-first-use", env=env)
     assert missing.returncode == 2 and "HTTP 404" in missing.stderr
     assert "Traceback" not in missing.stdout + missing.stderr
 
@@ -139,7 +144,7 @@ def test_bare_training_model_resolves_into_models_base(root, layout, mirror, mon
         resolve_training_model(NAME, layout)
     assert resolve_training_model("yolo26n.yaml", layout) == "yolo26n.yaml"  # from-scratch config
     assert resolve_training_model("./yolo26n.pt", layout) == "./yolo26n.pt"  # a path stays a path
-    pull(_settings(monkeypatch, mirror[0]), NAME)
+    pull(_settings(monkeypatch, mirror[0]), NAME, trust_on_first_use=True)
     assert resolve_training_model(NAME, layout) == str(layout.base_weights / NAME)
 
 
@@ -149,7 +154,7 @@ def test_train_preflight_and_cycle_without_base_weights_name_the_pull_command(ro
     add_annotations(layout, 4)
     cycle = ("cycle", "--once", "--min-new", "1", "--target", f"local:{tmp_path / 'target'}")
     for args in (("train", "--epochs", "1"), ("train", "--preflight"), cycle):
-        done = run_azaion(*args, env={"TRAINING_MODEL": "yolo26s.pt"})
+        done = run_azaion(*args, env={"TRAINING_MODEL": "yolo26s.pt", "MODEL_ENCRYPTION_KEY": "weights-tests-key"})
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert "azaion weights pull yolo26s.pt" in done.stderr
         assert "Traceback" not in done.stdout + done.stderr
@@ -160,7 +165,7 @@ def test_preflight_finds_pulled_base_weights(root, layout, mirror, monkeypatch):
     from tests.dataset.conftest import add_annotations
 
     add_annotations(layout, 4)
-    pull(_settings(monkeypatch, mirror[0]), NAME)
+    pull(_settings(monkeypatch, mirror[0]), NAME, trust_on_first_use=True)
     env = {"TRAINING_MODEL": NAME, "TRAINING_DEVICE": "cpu", "TRAINING_IMGSZ": "64", "COLUMNS": "400"}
     done = run_azaion("train", "--preflight", "--min-free-gb", "0", env=env)
     assert done.returncode == 0, done.stdout + done.stderr

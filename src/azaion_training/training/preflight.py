@@ -5,6 +5,7 @@ Each check returns (name, ok, detail); nothing is trained and nothing is written
 import io
 import math
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from azaion_training.errors import AzaionError
 from azaion_training.labels import LabelError, label_path_for, read_label_file
 from azaion_training.layout import DatasetDir, Layout, image_files
-from azaion_training.lifecycle.weights import resolve_training_model
+from azaion_training.lifecycle.weights import checked_start_weights, resolve_training_model
 from azaion_training.settings import Settings
 from azaion_training.training.train import TrainRequest, model_source, use_amp
 
@@ -96,11 +97,14 @@ def _available_memory() -> int:
     return 0
 
 
-def check_weights(spec: str) -> tuple[Check, Any]:
+def check_weights(spec: str, what: str = "TRAINING_MODEL", layout: Layout | None = None) -> tuple[Check, Any]:
+    """Load the weights the way training will: checked weights-only, then Ultralytics loads the
+    checked private copy (lifecycle/weights.py); the copy lives in a temp dir, gone afterwards."""
     try:
         from ultralytics import YOLO
 
-        model = YOLO(model_source(spec))
+        with tempfile.TemporaryDirectory(prefix="azaion-preflight-") as private:
+            model = YOLO(checked_start_weights(model_source(spec), Path(private), what, layout))
     except AzaionError as exc:
         return Check("base weights", False, str(exc)), None
     except Exception as exc:  # a corrupt or foreign .pt fails in torch/pickle with many types
@@ -209,7 +213,7 @@ def preflight(settings: Settings, request: TrainRequest, min_free_gib: float | N
                       else check_data_to_form(layout))
     except AzaionError as exc:
         checks.append(Check("dataset", False, str(exc)))
-    weights_check, model = check_weights(spec)
+    weights_check, model = check_weights(spec, "--from" if request.from_weights else "TRAINING_MODEL", layout)
     checks.append(weights_check)
     checks.append(check_device(device))
     if model is not None and checks[-1].ok:

@@ -26,7 +26,7 @@ from typing import Any
 from azaion_training.errors import AzaionError, ConfigError, InputError, OperationFailed
 from azaion_training.fsutil import atomic_write_text
 from azaion_training.layout import DatasetDir, Layout
-from azaion_training.lifecycle.weights import resolve_training_model
+from azaion_training.lifecycle.weights import checked_start_weights, load_weights_only, resolve_training_model
 from azaion_training.locks import InstanceLock
 from azaion_training.logs import get_logger, log
 from azaion_training.settings import Settings, TrainingSettings, overridden
@@ -319,6 +319,9 @@ def train(settings: Settings, request: TrainRequest) -> TrainResult:
     layout.init()
     source = model_source(str(request.from_weights) if request.from_weights
                           else resolve_training_model(settings.training.model, layout))
+    what = "--from" if request.from_weights else "TRAINING_MODEL"
+    if source.endswith(".pt"):  # fail fast, before a dataset is formed (the copy below is what guards)
+        load_weights_only(Path(source), f"{what} {source}")
     with training_lock(layout):
         data_yaml = dataset_yaml(settings, layout, request.dataset)
         run_name = request.run_name or next_run_name(layout.models)
@@ -334,10 +337,12 @@ def train(settings: Settings, request: TrainRequest) -> TrainResult:
             split_generation=split_generation(data_yaml.parent), epochs=arguments["epochs"],
             batch=arguments["batch"], imgsz=arguments["imgsz"], device=arguments["device"] or "auto",
             hyperparameters=dict(request.hyperparameters), command=sys.argv[1:])
+        # checked weights-only, and Ultralytics loads that checked copy (<run>/start.pt, lifecycle/weights.py)
+        start = checked_start_weights(source, record.path, what, layout)
         warn_older_generation(parent, record.split_generation)
         log(logger, logging.INFO, "training started", run=record.run, mode=record.mode, model=record.model,
             parent=record.parent, dataset=record.dataset, split_generation=record.split_generation)
-        return _run(layout, record, YOLO(source), arguments)
+        return _run(layout, record, YOLO(start), arguments)
 
 
 # ---------------------------------------------------------------------------------------- resume
@@ -345,13 +350,11 @@ def train(settings: Settings, request: TrainRequest) -> TrainResult:
 
 def resumable_checkpoint(run_dir: Path) -> tuple[Path, int, int]:
     """(last.pt, epochs done, epochs planned) of an unfinished run; InputError otherwise."""
-    import torch
-
     last = run_dir / "weights" / "last.pt"
     if not last.is_file():
         raise InputError(f"run {run_dir.name} has no checkpoint {last}: nothing to resume; start a new run")
-    # bandit B614: our own run's checkpoint, written by this service; Ultralytics checkpoints pickle objects
-    checkpoint = torch.load(last, map_location="cpu", weights_only=False)  # nosec B614
+    # weights-only; Ultralytics' resume then reopens this file in our own run directory (lifecycle/weights.py)
+    checkpoint = load_weights_only(last, f"resume of {run_dir.name}: {last}")
     epochs = int((checkpoint.get("train_args") or {}).get("epochs", 0))
     done = int(checkpoint.get("epoch", -1)) + 1
     # Ultralytics strips the optimizer from last.pt (and sets epoch -1) when a run ends.
