@@ -155,7 +155,6 @@ class Layout:
         self.models = self.root / "models"
         self.base_weights = self.models / "base"  # `azaion weights pull` (lifecycle/weights.py)
         self.base_weights_lock = self.base_weights / "weights.lock.json"  # hashes `weights pull` recorded
-        self.base_weights_lock = self.base_weights / "weights.lock.json"  # hashes `weights pull` recorded
         self.classes_json = self.root / "classes.json"
         self.backups = self.root / "backups"  # `azaion backup create`'s default destination (ops/backup.py)
 
