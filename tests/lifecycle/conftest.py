@@ -3,12 +3,10 @@ new one and a fine-tune of it, on the synthetic dataset (its valid images copied
 split, the split the gate evaluates)."""
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from azaion_training.layout import Layout
 from azaion_training.settings import Settings, load_settings
@@ -44,11 +42,7 @@ def json_of(result) -> object:
 
 @pytest.fixture(scope="session")
 def two_runs(synthetic_dataset, tmp_path_factory) -> TwoRuns:
-    root = make_root(tmp_path_factory.mktemp("lifecycle"), synthetic_dataset)
-    dataset = root / "datasets" / DATASET
-    shutil.copytree(dataset / "valid", dataset / "test")
-    data_yaml = dataset / "data.yaml"
-    data_yaml.write_text(yaml.safe_dump({**yaml.safe_load(data_yaml.read_text()), "test": "test/images"}))
+    root = make_root(tmp_path_factory.mktemp("lifecycle"), synthetic_dataset)  # with a test split
     env = tiny_env(root, MODEL_ENCRYPTION_KEY=KEY)
     layout = Layout(load_settings(env=env).paths)
     runs: list[str] = []

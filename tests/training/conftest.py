@@ -16,12 +16,14 @@ KEY = "training-tests-model-key"
 
 
 def make_root(base: Path, synthetic_dataset: Path) -> Path:
-    """An /azaion root with the synthetic dataset copied in as datasets/tiny (absolute path:)."""
+    """An /azaion root with the synthetic dataset copied in as datasets/tiny (absolute path:),
+    its valid images copied as its test split (the split the promotion gate judges on)."""
     root = base / "azaion"
     target = root / "datasets" / DATASET
     shutil.copytree(synthetic_dataset.parent, target)
+    shutil.copytree(target / "valid", target / "test")
     data = yaml.safe_load((target / "data.yaml").read_text())
-    data["path"] = str(target)
+    data["path"], data["test"] = str(target), "test/images"
     (target / "data.yaml").write_text(yaml.safe_dump(data))
     return root
 

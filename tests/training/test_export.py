@@ -11,39 +11,10 @@ import pytest
 
 from azaion_training.errors import OperationFailed
 from azaion_training.settings import load_settings
-from azaion_training.training.export import (
-    ParityReport,
-    average_precision,
-    export,
-    map50,
-    require_parity,
-    verify_onnx,
-)
+from azaion_training.training.export import ParityReport, export, require_parity, verify_onnx
 from tests.conftest import run_azaion
 
 PARITY_IMGSZ = 320
-
-
-# ---------------------------------------------------------------------------------------- mAP50
-
-
-def test_map50_perfect_and_missed():
-    truths = [[(0, 10, 10, 50, 50)], [(1, 0, 0, 20, 20), (0, 60, 60, 90, 90)]]
-    perfect = [[(0, 0.9, 10, 10, 50, 50)], [(1, 0.8, 0, 0, 20, 20), (0, 0.7, 60, 60, 90, 90)]]
-    assert map50(perfect, truths) == pytest.approx(1.0)
-    # class 0: a confident false positive ranked first, then both hits -> AP = 2/3; class 1 missed -> 0
-    shifted = [[(0, 0.95, 100, 100, 120, 120), (0, 0.9, 12, 12, 50, 50)], [(0, 0.7, 60, 60, 90, 90)]]
-    assert map50(shifted, truths) == pytest.approx((2 / 3 + 0.0) / 2)
-    # a box overlapping below IoU 0.5 is no hit, and one truth matches one prediction only
-    assert map50([[(0, 0.9, 30, 30, 70, 70)]], [[(0, 10, 10, 50, 50)]]) == 0.0
-    assert map50([[(0, 0.9, 10, 10, 50, 50), (0, 0.8, 10, 10, 50, 50)]], [[(0, 10, 10, 50, 50)]]) == 1.0
-    assert map50([[(0, 0.9, 1, 1, 2, 2)]], [[]]) is None
-
-
-def test_average_precision_all_point_interpolation():
-    # precision 1 up to recall 0.5, then 0.5 at recall 1.0
-    assert average_precision(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])) == pytest.approx(
-        0.5 * 1.0 + 0.5 * (2 / 3))
 
 
 # ---------------------------------------------------------------------------------------- ONNX of our run
@@ -132,6 +103,15 @@ def test_parity_tolerance_holds_in_both_directions(onnx_map50, passed):
     if not passed:
         with pytest.raises(OperationFailed, match="above" if onnx_map50 > 0.7 else "below"):
             require_parity(report)
+
+
+def test_parity_where_both_sides_score_below_the_floor_fails():
+    """0.0 vs 0.0 (a 128-px model exported at 1280 finds nothing either way) is no proof of parity."""
+    report = ParityReport(images=22, pytorch_map50=0.0, onnx_map50=0.0, imgsz=1280)
+    assert not report.passed and report.uninformative
+    with pytest.raises(OperationFailed, match="at imgsz 1280 are both below 0.05.*size the model trained at"):
+        require_parity(report)
+    assert ParityReport(images=22, pytorch_map50=0.0, onnx_map50=0.0, floor=0.0).passed  # floor switched off
 
 
 def test_parity_fails_when_the_onnx_scores_far_above_the_weights(parity_root, trained, tmp_path):

@@ -54,18 +54,19 @@ def list_command(as_json: bool = typer.Option(False, "--json", help="Print the v
 
     tree = layout()
     recovered = recover_pending(settings(), tree)
-    versions = list_versions(tree)
+    versions = list_versions(tree, settings=settings())
     if as_json:
         print_json({"recovered": recovered, "versions": versions} if recovered else versions)
         return
     _recovered(recovered)
-    table = Table(title="Model versions", title_justify="left")
+    table = Table(title="Model versions (mAP50, mAP50-95: valid split, PyTorch, end of training; gate: the ONNX "
+                        "as judged when promoted)", title_justify="left")
     table.add_column("run", no_wrap=True, min_width=max((len(v["run"]) for v in versions), default=3))
-    for name in ("status", "dataset", "parent", "mAP50 valid PyTorch", "gate (ONNX)", "promoted"):
+    for name in ("status", "dataset", "parent", "mAP50", "mAP50-95", "gate", "promoted"):
         table.add_column(name, overflow="fold")
     for v in versions:
         table.add_row(v["run"], v["status"], v["dataset"] or "-", v["parent"] or v["base"] or "-",
-                      _figure(v["mAP50"]), _production_score(v), _promoted(v))
+                      _figure(v["mAP50"]), _figure(v["mAP50-95"]), _production_score(v), _promoted(v))
     console.print(table)
 
 
@@ -75,7 +76,7 @@ def show_command(run: str = typer.Argument(..., help="A run name under models/ o
     """One version: lineage, hyperparameters, metrics, ONNX + sha256, promotions."""
     from azaion_training.lifecycle.registry import show_version
 
-    version = show_version(layout(), run)
+    version = show_version(layout(), run, settings=settings())
     if as_json:
         print_json(version)
         return
@@ -100,9 +101,12 @@ def _print_comparison(comparison) -> None:
     base = comparison.baseline
     sizes = f"imgsz {comparison.candidate.imgsz}" + (
         f" vs {base.imgsz}" if base and base.imgsz != comparison.candidate.imgsz else "")
-    title = escape(f"{comparison.candidate.run} vs {base.run if base else '(no baseline)'} on "
-                   f"{comparison.dataset} [{comparison.split}, {comparison.images} images, {sizes}, ONNX]")
-    table = Table("metric", "candidate", "baseline", "difference", title=title)
+    from pathlib import Path
+
+    console.print(f"{comparison.candidate.run} vs {base.run if base else '(no baseline)'} on "
+                  f"{Path(comparison.dataset).name} [{comparison.split}, {comparison.images} images, {sizes}, ONNX]",
+                  markup=False, highlight=False, soft_wrap=True)
+    table = Table("metric", "candidate", "baseline", "difference")
     for key in METRICS:
         table.add_row(key, _figure(comparison.candidate.metrics[key]),
                       _figure(base.metrics[key] if base else None), _figure(comparison.delta(key)))
@@ -148,7 +152,7 @@ def evaluate_command(
     base = base_onnx = None
     if baseline == "production":
         key = target_key(target, settings())
-        events = read_history(tree)
+        events = read_history(tree, settings=settings())
         stack = production_stack(events, key, settings())
         if not stack:
             raise InputError(f"nothing is promoted on {key}: no production baseline")

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from azaion_training.errors import InputError
 from azaion_training.fsutil import atomic_write_text
 from azaion_training.layout import Layout
 from azaion_training.lifecycle.registry import production, target_key
@@ -117,7 +118,7 @@ def reference_run(layout: Layout, target: str):
     if current is not None:
         try:
             return find_run(layout, current)
-        except Exception:  # noqa: BLE001 - production trained elsewhere: fall back to the local runs
+        except InputError:  # production trained on another machine: fall back to the local runs
             pass
     return latest_run(layout, status="finished")
 
@@ -164,7 +165,6 @@ def run_cycle(settings: Settings, target: str = "azaion", min_new: int | None = 
                     validated=count, reference=reference)
                 return {"action": "skipped", "new": new, "min_new": min_new, "validated": count,
                         "reference": reference, "recovered": recovered}
-            require_publishable(settings, target)  # before hours of training, not after
             key = target_key(target, settings)
             fine_tune = production(layout, key) is not None
             # a fine-tune of production gets the cycle's budget; the first model trains in full
@@ -176,6 +176,7 @@ def run_cycle(settings: Settings, target: str = "azaion", min_new: int | None = 
                 from azaion_training.training.train import model_source
 
                 model_source(resolve_training_model(settings.training.model, layout))  # missing: fails before any work
+            require_publishable(settings, target)  # before hours of training, not after
             cycle_dir(layout).mkdir(parents=True, exist_ok=True)
             _step(state, FORM, new=new, validated=count, target=state.target)
             _save(layout, state)

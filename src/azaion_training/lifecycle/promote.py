@@ -204,7 +204,7 @@ def _post_publish_check(settings: Settings, target: str, onnx: Path, sha256: str
     from azaion_training.distribution.fetch import fetch_model_bytes
 
     try:
-        data = fetch_model_bytes(settings, RUN_ONNX, target=target, folder=FOLDER)
+        data, _ = fetch_model_bytes(settings, RUN_ONNX, target=target, folder=FOLDER)
     except (InputError, OperationFailed) as exc:
         return f"fetching the published model back failed: {exc}"
     import hashlib

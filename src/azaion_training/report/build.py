@@ -207,7 +207,8 @@ def no_learning_notice(evaluation: Evaluation, epochs: int | None, train_images:
 
 def _evaluation_section(evaluation: Evaluation, notice: list[str] | None, out_dir: Path, pngs: list[Path]) -> str:
     verdict = "ok" if evaluation.map50 >= 0.5 else "bad"
-    body = (f'<p>Split <b>{evaluation.split}</b>, {evaluation.images} images: '
+    body = (f'<p>Split <b>{evaluation.split}</b>, {evaluation.images} images, imgsz {evaluation.imgsz}, '
+            f'{evaluation.engine} (best.pt through Ultralytics\' validator): '
             f'<span class="{verdict}">mAP50 {evaluation.map50:.3f}</span>, mAP50-95 {evaluation.map50_95:.3f}, '
             f"precision {evaluation.precision:.3f}, recall {evaluation.recall:.3f}</p>")
     if notice:

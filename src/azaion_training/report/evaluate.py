@@ -27,6 +27,8 @@ class Evaluation:
     pr_precision: np.ndarray | None = None  # (classes with ground truth, points)
     pr_names: list[str] = field(default_factory=list)
     pr_ap50: list[float] = field(default_factory=list)
+    imgsz: int = 0
+    engine: str = "PyTorch"  # Ultralytics' validator on best.pt (the gate's figures are the ONNX's)
 
     def metrics(self) -> dict:
         return {"split": self.split, "images": self.images, "mAP50": self.map50, "mAP50-95": self.map50_95,
@@ -44,7 +46,7 @@ def evaluate(model_path: Path, data_yaml: Path, split: str, imgsz: int, workdir:
     box = results.box
     evaluation = Evaluation(split=split, images=len(DatasetDir(data_yaml.parent).images(split)), map50=float(box.map50),
                             map50_95=float(box.map), precision=float(box.mp), recall=float(box.mr),
-                            per_class=[_plain(row) for row in results.summary()])
+                            per_class=[_plain(row) for row in results.summary()], imgsz=imgsz)
     curves = results.curves_results
     if curves and len(box.ap_class_index):
         recall, precision = curves[0][0], np.asarray(curves[0][1])

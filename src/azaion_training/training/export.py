@@ -18,6 +18,7 @@ from azaion_training.errors import InputError, OperationFailed
 from azaion_training.fsutil import durable_move
 from azaion_training.labels import LabelError, label_path_for, read_label_file
 from azaion_training.layout import DatasetDir, Layout
+from azaion_training.lifecycle.weights import load_weights_only
 from azaion_training.logs import get_logger, log
 from azaion_training.metrics import map50
 from azaion_training.settings import Settings
@@ -270,13 +271,16 @@ def export(settings: Settings, weights: Path | None = None, formats: list[str] |
     with tempfile.TemporaryDirectory(prefix=".tmp-export-", dir=layout.models) as work:
         staged = Path(work) / "azaion.pt"  # exports are named after the weights: azaion.onnx, ...
         shutil.copyfile(weights, staged)
+        # weights may come from outside (--weights): checked weights-only on the private copy,
+        # which is the file everything below loads
+        load_weights_only(staged, f"--weights {weights}")
         for fmt in formats:
             log(logger, logging.INFO, "exporting", format=fmt, weights=str(weights), imgsz=imgsz)
             produced = _export_one(staged, fmt, imgsz, max_batch, opset)
             target = onnx_out if fmt == "onnx" and onnx_out else \
                 _target_name(layout, fmt, produced, weights, imgsz, opset)
             if fmt == "onnx" and verify:
-                result.parity = parity_check(weights, produced, images, imgsz, max_batch,
+                result.parity = parity_check(staged, produced, images, imgsz, max_batch,
                                              settings.export.parity_min_map50)
                 require_parity(result.parity, f"; {target} was left unchanged")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -321,17 +325,17 @@ def run_onnx(settings: Settings, record: RunRecord, imgsz: int | None = None,
 
 def verify_onnx(settings: Settings, onnx: Path, weights: Path | None = None, dataset: str | None = None,
                 imgsz: int | None = None, verify_images: int = 200) -> ParityReport:
-    """The parity check alone, for an ONNX file that already exists (at the ONNX's own size unless
-    --imgsz says otherwise)."""
+    """The parity check alone, for an ONNX file that already exists: PyTorch at the size the weights
+    trained at (or --imgsz), the ONNX as our pipeline runs it (so an ONNX whose metadata lies fails)."""
     layout = Layout(settings.paths)
     weights = Path(weights) if weights else default_weights(layout)
     for path, what in ((onnx, "ONNX model"), (weights, "weights")):
         if not Path(path).is_file():
             raise InputError(f"{what} {path} not found")
+    load_weights_only(Path(weights), f"--weights {weights}")
     images = parity_images(settings, dataset, verify_images, run_of_weights(layout, weights))
-    report = parity_check(weights, Path(onnx), images, imgsz or onnx_imgsz(Path(onnx)) or
-                          export_imgsz(settings, weights, None), settings.export.max_batch,
-                          settings.export.parity_min_map50)
+    report = parity_check(weights, Path(onnx), images, export_imgsz(settings, weights, imgsz),
+                          settings.export.max_batch, settings.export.parity_min_map50)
     require_parity(report)
     return report
 
