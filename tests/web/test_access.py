@@ -320,3 +320,19 @@ def test_weak_tokens_are_refused_beyond_loopback(tree, token, rule):
         assert result.returncode == 2 and rule in result.stderr and "COCKPIT_TOKEN" in result.stderr
         assert "Traceback" not in result.stderr + result.stdout
         assert len(token) < 5 or token not in result.stderr  # the token itself is never repeated
+
+
+def test_models_page_says_when_a_promotion_would_fail_and_why(tree, tmp_path):
+    """The fail-fast check of `azaion models promote`, shown before anyone clicks: without a
+    model key a promotion to azaion cannot succeed, and the page says so (and the JSON twin)."""
+    browser = client(make_app(tree, COCKPIT_TOKEN=TOKEN))
+    login(browser)
+    page = browser.get("/models", headers={"accept": "text/html"}).text
+    assert 'id="promote-unavailable"' in page and "MODEL_ENCRYPTION_KEY is not set" in page
+    readiness = browser.get("/api/models").json()["readiness"]
+    assert any("MODEL_ENCRYPTION_KEY" in problem for problem in readiness["azaion"])
+    ready = client(make_app(tree, COCKPIT_TOKEN=TOKEN, MODEL_ENCRYPTION_KEY="k" * 32,
+                            AZAION_API_URL="http://127.0.0.1:9", AZAION_API_EMAIL="a@b.c", AZAION_API_PASSWORD="p"))
+    login(ready)
+    problems = ready.get("/api/models").json()["readiness"]["azaion"]
+    assert problems and "cannot be reached" in problems[0] and "MODEL_ENCRYPTION_KEY" not in problems[0]

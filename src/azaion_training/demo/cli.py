@@ -32,6 +32,9 @@ def demo(
     batch: int = typer.Option(8, "--batch", min=1, help="Training batch size."),
     video_frames: int = typer.Option(48, "--video-frames", min=4, help="Frames of the rendered flight video."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the scenes and the split."),
+    min_map50: float = typer.Option(0.1, "--min-map50", min=0.0, max=1.0,
+                                    help="The promotion gate's floor for the demo's model (PROMOTION_MIN_MAP50); "
+                                         "lower it only for a deliberately tiny demo."),
     broker: bool = typer.Option(False, "--broker", help="Publish to and consume from the configured RabbitMQ "
                                 "stream instead of replaying a dump file."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -47,7 +50,7 @@ def demo(
 
     overridden(TrainingSettings(), imgsz=imgsz)  # the settings' image-size rule
     options = DemoOptions(workdir=demo_workdir(workdir), images=images, epochs=epochs, imgsz=imgsz,
-                          batch=batch, video_frames=video_frames, seed=seed,
+                          batch=batch, video_frames=video_frames, seed=seed, min_map50=min_map50,
                           broker=settings() if broker else None)
     result = run_demo(options)
     if as_json:
@@ -55,4 +58,22 @@ def demo(
         return
     console.print(f"demo finished in {result.timings_s['total']:.0f} s; test mAP50 "
                   f"{result.map50 if result.map50 is not None else float('nan'):.3f}")
-    console.print(f"report: {result.report.absolute()}", highlight=False, soft_wrap=True)
+    console.print(continue_text(result), highlight=False, soft_wrap=True, markup=False)
+
+
+def continue_text(result) -> str:
+    """The closing lines: the report, and how to go on working on the demo's tree."""
+    art = result.artefacts
+    config = art["config"]
+    return "\n".join((
+        f"report: {result.report.absolute()}",
+        "",
+        "The demo's tree stays usable (README.md, \"Continue on the demo tree\"):",
+        f"  AZAION_ROOT_DIR={art['root']}",
+        f"  config:    {config}   (mode 0600; the model key alone: {art['model_key']})",
+        f"  published: {art['target']}",
+        f"  azaion --config {config} models list",
+        f"  azaion --config {config} fetch-model azaion.onnx --target {art['target']} --out /tmp/azaion.onnx",
+        f"  azaion --config {config} infer {art['video']} --model azaion.onnx --from {art['target']}",
+        f"  azaion --config {config} cycle --once --target {art['target']}",
+    ))

@@ -41,6 +41,9 @@ class DemoOptions:
     video_frames: int = 48
     seed: int = 0
     broker: Settings | None = None  # publish/consume through this broker instead of a dump replay
+    # the gate's floor for the demo's promotion (the product's default); a deliberately tiny demo
+    # (a test's) lowers it, and the parity floor with it
+    min_map50: float = 0.1
 
 
 @dataclass
@@ -53,9 +56,9 @@ class DemoResult:
 
 
 def demo_settings(options: DemoOptions, base: Settings | None = None) -> Settings:
-    """Settings for a tree under the workdir: a small CPU model, a random model key for this run
-    only (it never leaves the process and is redacted from logs), the broker connection of
-    `base` when given."""
+    """Settings for a tree under the workdir: a small CPU model, a random model key made for this
+    tree (redacted from logs; `save_demo_config` keeps it beside the tree's config.yaml), the
+    broker connection of `base` when given."""
     key = secrets.token_urlsafe(32)
     register_secret(key)
     data = (base or Settings()).model_dump()
@@ -63,12 +66,35 @@ def demo_settings(options: DemoOptions, base: Settings | None = None) -> Setting
     data["paths"].update(root_dir=str(options.workdir / "azaion"))
     data["training"].update(model="yolo26n.yaml", epochs=options.epochs, batch_size=options.batch,
                             imgsz=options.imgsz, save_period=-1, workers=0, device="cpu")
-    data["export"].update(onnx_imgsz=options.imgsz, max_batch=4)
+    data["export"].update(onnx_imgsz=options.imgsz, max_batch=4,
+                          parity_min_map50=min(data["export"]["parity_min_map50"], options.min_map50))
+    data["lifecycle"].update(promotion_min_map50=options.min_map50)
     data["security"]["model_encryption_key"] = key
     data["inference"].update(every=1, batch=4, conf=0.3, iou=0.3)
     # With --broker: a stream of its own, so production's stream and stored offset stay untouched.
     data["rabbitmq"].update(queue_name=f"azaion-demo-{secrets.token_hex(4)}", consumer_name="azaion-demo")
     return Settings.model_validate(data)
+
+
+DEMO_CONFIG = "config.yaml"
+DEMO_KEY = "model.key"
+
+
+def save_demo_config(settings: Settings, workdir: Path) -> tuple[Path, Path]:
+    """Write `<workdir>/config.yaml` (the settings of the demo's tree, its model key included) and
+    `<workdir>/model.key` (the key alone), both mode 0600, so the tree stays usable after the demo:
+    `azaion --config <workdir>/config.yaml models list | fetch-model | infer | cycle`. A broker
+    password from the caller's own config (--broker) is not copied: export RABBITMQ_PASSWORD."""
+    from azaion_training.fsutil import atomic_write_text
+    from azaion_training.settings import require_secret, to_yaml
+
+    kept = settings.model_copy(update={"rabbitmq": settings.rabbitmq.model_copy(update={"password": None})})
+    config, key = workdir / DEMO_CONFIG, workdir / DEMO_KEY
+    atomic_write_text(key, require_secret(settings.security.model_encryption_key, "MODEL_ENCRYPTION_KEY") + "\n",
+                      mode=0o600)
+    atomic_write_text(config, to_yaml(kept).replace("Rendered by `azaion config render`",
+                                                    "Written by `azaion demo` for its tree", 1), mode=0o600)
+    return config, key
 
 
 class Steps:
@@ -95,6 +121,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
     settings = demo_settings(options, options.broker)
     layout = Layout(settings.paths)
     layout.init()
+    config, key = save_demo_config(settings, workdir)  # first: the published model stays decryptable
     steps = Steps(9)
     started = time.monotonic()
 
@@ -119,7 +146,9 @@ def run_demo(options: DemoOptions) -> DemoResult:
         artefacts={"dump": str(dump), "dataset": str(formed.path), "run": str(trained.run_dir),
                    "pt": str(trained.best), "onnx": str(exported["path"]),
                    "manifest": str(published["manifest_path"]), "video": str(video),
-                   "inference": str(workdir / "inference"), "report": str(report.index_html)},
+                   "inference": str(workdir / "inference"), "report": str(report.index_html),
+                   "root": str(layout.root), "config": str(config), "model_key": str(key),
+                   "target": published["target"]},
         counts={"stream": stream.as_dict(), "ingest": ingest})
     log(logger, logging.INFO, "demo finished", seconds=steps.timings["total"], mAP50=result.map50,
         report=str(result.report))
@@ -145,7 +174,8 @@ def ingest_stream(settings: Settings, dump: Path, broker: bool) -> dict[str, Any
 def _form(settings: Settings, seed: int):
     from azaion_training.dataset.form import form_dataset
 
-    return form_dataset(settings, name="azaion-demo", seed=seed, progress=False)
+    # the default name (azaion-YYYY-MM-DD): the tree's latest dataset for `azaion status`, train, export
+    return form_dataset(settings, seed=seed, progress=False)
 
 
 def _train(settings: Settings, formed):

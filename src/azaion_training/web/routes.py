@@ -4,6 +4,7 @@ up other requests."""
 
 import math
 import re
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -277,7 +278,27 @@ def models_data(cockpit: Cockpit) -> dict[str, Any]:
     versions = [v for v in reversed(list_versions(layout))
                 if not run_data.record_refused(layout, layout.models / v["run"])]
     production = {target: v["run"] for v in versions for target in v["production_on"]}
-    return {"versions": versions, "production": production}
+    return {"versions": versions, "production": production,
+            "readiness": publish_readiness(cockpit, ["azaion", *production])}
+
+
+READINESS_TTL_S = 30.0  # the azaion check logs in to the API (at most 1.5 s): once per this many seconds
+
+
+def publish_readiness(cockpit: Cockpit, targets: list[str]) -> dict[str, list[str]]:
+    """Per target, what would make a promotion or rollback fail right now (empty: ready); the
+    same fail-fast check `azaion models promote` runs before exporting anything."""
+    from azaion_training.lifecycle.promote import publish_problems
+
+    cache: dict[str, tuple[float, list[str]]] = cockpit.__dict__.setdefault("_readiness", {})
+    now = time.monotonic()
+    found = {}
+    for target in dict.fromkeys(targets):
+        spec = target if target == "azaion" or target.startswith("local:") else "azaion"  # identities: azaion:URL
+        if spec not in cache or now - cache[spec][0] > READINESS_TTL_S:
+            cache[spec] = (now, publish_problems(cockpit.settings, spec))
+        found[target] = cache[spec][1]
+    return found
 
 
 def models_page(request: Request) -> Response:
