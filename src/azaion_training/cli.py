@@ -37,6 +37,7 @@ STAGE_CLI_MODULES = (
     "azaion_training.inference.cli",
     "azaion_training.demo.cli",
     "azaion_training.ops.cli",
+    "azaion_training.ops.backup_cli",
     "azaion_training.report.cli",
     "azaion_training.lifecycle.weights_cli",
     "azaion_training.lifecycle.cli",

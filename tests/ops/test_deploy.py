@@ -136,7 +136,7 @@ def test_production_compose_reads_the_rendered_config_against_an_external_broker
                                                     "AZAION_HOST_ROOT": str(tmp_path / "azaion")})
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
-    assert set(services) == {"annotation-queue", "health", "training"}  # no broker, no MinIO: they are external
+    assert set(services) == {"annotation-queue", "health", "backup", "training"}  # no broker, no MinIO: external
     for name, service in services.items():
         assert_reads_only_the_rendered_config(service, "/etc/azaion/config.yaml", name)
         mounts = {volume["target"]: volume for volume in service["volumes"]}
@@ -150,6 +150,11 @@ def test_production_compose_reads_the_rendered_config_against_an_external_broker
     assert queue["restart"] == "unless-stopped" and queue["stop_grace_period"] == "30s"
     assert queue["image"] == "azaion/annotation-queue:1.4.0" and not queue.get("command")  # the image's queue consume
     assert health["restart"] == "unless-stopped" and "azaion health" in health["command"][0]
+    backup = services["backup"]  # a daily snapshot loop like the health runner; a failure posts an alert
+    assert backup["restart"] == "unless-stopped" and backup["entrypoint"] == ["/bin/sh", "-c"] and backup["init"]
+    assert "azaion backup create" in backup["command"][0] and "sleep 86400" in backup["command"][0]
+    assert "|| azaion alert --unit compose-backup" in backup["command"][0]
+    assert backup["image"] == "azaion/training:1.4.0" and "profiles" not in backup
     assert training["restart"] == "no" and training["command"] == ["train"] and training["profiles"] == ["training"]
     assert training["stop_grace_period"] == "10m0s"
     assert training["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
@@ -345,6 +350,14 @@ def test_health_timer_runs_the_health_unit():
     assert unit("azaion-health.timer")["OnUnitActiveSec"] == "5min"
 
 
+def test_backup_timer_runs_the_backup_unit_daily():
+    service = unit("azaion-backup.service")
+    assert service["ExecStart"].split()[1:3] == ["backup", "create"] and service["Type"] == "oneshot"
+    assert service["ReadWritePaths"] == "/azaion" and service["User"] != "root"
+    timer = unit("azaion-backup.timer")
+    assert timer["OnCalendar"] == "daily" and timer["Persistent"] == "true"
+
+
 def test_systemd_units_verify(tmp_path):
     """systemd-analyze verify with ExecStart pointed at this checkout's azaion (it checks the binary exists)."""
     analyze = shutil.which("systemd-analyze")
@@ -374,7 +387,7 @@ def test_every_service_alerts_on_failure_through_the_template():
 
 def test_units_name_commands_the_cli_has():
     for name, args in (("azaion-health.service", ["health"]), ("azaion-train.service", ["train"]),
-                       ("azaion-alert@.service", ["alert"])):
+                       ("azaion-alert@.service", ["alert"]), ("azaion-backup.service", ["backup", "create"])):
         assert unit(name)["ExecStart"].split()[1] == args[0]
         help_run = subprocess.run([str(AZAION_BIN), *args, "--help"], capture_output=True, text=True, timeout=60)
         assert help_run.returncode == 0, (name, help_run.stderr)

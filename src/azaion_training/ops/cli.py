@@ -15,7 +15,7 @@ STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "red", "n/a": "dim"}
 def health(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     check: list[str] = typer.Option([], "--check", help="Run only this check (repeatable): "
-                                    "config, broker, disk, gpu, progress. Default: all."),
+                                    "config, broker, disk, gpu, progress, backup. Default: all."),
     disk_warn_pct: float | None = typer.Option(None, "--disk-warn-pct", min=0, max=100,
                                                help="Warn when the data root's disk is fuller than this "
                                                     "(default HEALTH_DISK_WARN_PCT, 80)."),
@@ -26,7 +26,7 @@ def health(
                                                     help="A committed offset younger than this counts as progress "
                                                          "(default HEALTH_OFFSET_MAX_AGE_MIN, 30)."),
 ) -> None:
-    """Check broker, disk, GPU, consumer progress and configuration; exit 0 healthy, 1 unhealthy."""
+    """Check broker, disk, GPU, consumer progress, backups and configuration; exit 0 healthy, 1 unhealthy."""
     from azaion_training.ops.health import CHECK_NAMES, HealthOptions, run_health
 
     unknown = sorted(set(check) - set(CHECK_NAMES))

@@ -4,7 +4,7 @@ Each check returns one `CheckResult`; the report is healthy when no check failed
 is worth a look, not an alert). Checks: configuration, broker TCP reachability, free disk on
 the data root, GPU (required only when `TRAINING_DEVICE` names one), and consumer progress
 (the committed offset advanced since the previous health run, was committed recently, or
-nothing is pending on the stream).
+nothing is pending on the stream), and the age of the newest backup snapshot (ops/backup.py).
 """
 
 import asyncio
@@ -24,7 +24,7 @@ from azaion_training.queue.offsets import read_offset_record, write_offset_recor
 from azaion_training.settings import Settings, load_settings, overridden
 
 Status = Literal["ok", "warn", "fail", "n/a"]
-CHECK_NAMES = ("config", "broker", "disk", "gpu", "progress")
+CHECK_NAMES = ("config", "broker", "disk", "gpu", "progress", "backup")
 PREVIOUS_READING_FILE = "health-offset.yaml"  # in queue-state/, next to offset.yaml
 PENDING_PROBE_S = 3.0
 MIN_TRAINING_VRAM_MIB = 24 * 1024  # training needs >= 24 GB of GPU memory (the training host's stated minimum)
@@ -83,8 +83,15 @@ def run_health(config: Path | None, options: HealthOptions) -> HealthReport:
         "disk": lambda: check_disk(Layout(settings.paths).root, options.disk_warn_pct, options.disk_fail_pct),
         "gpu": lambda: check_gpu(settings.training.device),
         "progress": lambda: check_progress(settings, options, checked_at),
+        "backup": lambda: _check_backup(settings, checked_at),
     }
     return HealthReport(checked_at.isoformat(timespec="seconds"), [checks[name]() for name in options.checks])
+
+
+def _check_backup(settings: Settings, now: datetime) -> CheckResult:
+    from azaion_training.ops.backup import check_backup  # boto3 only for an S3 destination
+
+    return check_backup(settings, now)
 
 
 def broker_reachable(host: str, port: int, timeout_s: float) -> bool:

@@ -27,6 +27,7 @@ from rstream import exceptions as rstream_errors
 from rstream.recovery import BackOffRecoveryStrategy
 
 from azaion_training.errors import ConfigError, InputError
+from azaion_training.fsutil import fsync_dir
 from azaion_training.layout import Layout
 from azaion_training.locks import InstanceLock
 from azaion_training.logs import get_logger, log
@@ -222,6 +223,7 @@ class StreamConsumer:
         self._applier: Applier | None = None  # the session's
         self._delivered: int | None = None  # messages at or below this offset are duplicates
         self._lost: str | None = None
+        self._restored = False  # a restore marker is to go once the broker holds our offset
         self.notifier = Notifier.from_environment()
         # systemd's WatchdogSec=: pinged at half of it while healthy; a message (or a group
         # commit) in hand for longer than it counts as stuck, and the pings stop
@@ -351,11 +353,15 @@ class StreamConsumer:
             return self.start.rstream()
         local = committed_offset(self.layout, self.stream)
         server = await self._server_offset(consumer)
-        known = [value for value in (local, server) if value is not None]
-        log(logger, logging.INFO, "resume position", offset_file=local, server=server)
+        # Restored from a backup (ops/backup.py): the broker's offset may be past what the restored tree
+        # holds, so resume after the local one and overwrite the broker's; the marker goes once that is done.
+        self._restored = self.layout.restore_marker.exists()
+        known = [value for value in (local, None if self._restored else server) if value is not None]
+        log(logger, logging.INFO, "resume position", offset_file=local, server=server, restored=self._restored)
         if not known:
             return ConsumerOffsetSpecification(OffsetType.FIRST, None)
-        self.committed = self.stored = max(known)
+        self.committed = max(known)
+        self.stored = None if self._restored else self.committed
         return ConsumerOffsetSpecification(OffsetType.OFFSET, self.committed + 1)
 
     async def _server_offset(self, consumer: Consumer) -> int | None:
@@ -389,6 +395,12 @@ class StreamConsumer:
                 await asyncio.wait_for(consumer.store_offset(self.stream, self.rabbit.consumer_name, committed),
                                        1.0 if final else 5.0)
                 self.stored = committed
+                if self._restored:
+                    self._restored = False
+                    self.layout.restore_marker.unlink(missing_ok=True)
+                    fsync_dir(self.layout.restore_marker.parent)
+                    log(logger, logging.INFO, "the broker's stored offset now follows the restored tree",
+                        offset=committed)
             except Exception as exc:  # offset.yaml has it; the server copy catches up next time
                 log(logger, logging.DEBUG, "could not store the offset server-side", error=str(exc))
 
