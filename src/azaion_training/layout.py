@@ -11,6 +11,8 @@
     <root>/datasets/splits.sqlite3         split registry: source media -> split, kept for good
     <root>/models/                         training runs, azaion.pt, azaion.onnx, publish manifests
     <root>/models/base/                    base weights fetched by `azaion weights pull`
+    <root>/models/published/<folder>/      promotion history, pending publish, manifest copies
+    <root>/models/cache/, seen-versions.json  fetched big parts; newest version fetched per model
     <root>/classes.json                    annotation classes
     <root>/backups/<UTC time>/             snapshots of the state (`azaion backup`, docs/backup.md)
 """
@@ -155,6 +157,12 @@ class Layout:
         self.models = self.root / "models"
         self.base_weights = self.models / "base"  # `azaion weights pull` (lifecycle/weights.py)
         self.base_weights_lock = self.base_weights / "weights.lock.json"  # hashes `weights pull` recorded
+        # per resource folder: history.jsonl, pending.json, manifest copies (published_dir; docs/model-registry.md)
+        self.published = self.models / "published"
+        self.publish_staging = self.models / ".staging"  # a big part between encryption and upload
+        self.model_cache = self.models / "cache"  # fetched big parts (CDN_CACHE_DIR overrides it)
+        # the newest manifest version fetched per target, folder and name (no silent downgrade)
+        self.seen_versions = self.models / "seen-versions.json"
         self.classes_json = self.root / "classes.json"
         self.backups = self.root / "backups"  # `azaion backup create`'s default destination (ops/backup.py)
 
@@ -167,6 +175,11 @@ class Layout:
 
     def model_run_dir(self, name: str) -> Path:
         return self.models / checked_name(name, "run name")
+
+    def published_dir(self, folder: str) -> Path:
+        """models/published/<folder>/: the promotion history, the pending-publish intent and the
+        local copies of manifests published from this root (docs/model-registry.md)."""
+        return self.published / checked_name(folder, "folder")
 
     def lock_file(self, name: str) -> Path:
         return self.locks / f"{checked_name(name, 'lock name')}.lock"

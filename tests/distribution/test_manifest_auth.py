@@ -116,7 +116,7 @@ def test_a_manifest_from_before_authentication_is_refused_with_the_way_out(store
         fetch_model_bytes(load_settings(), "a.onnx", target=f"local:{store}", no_manifest=True)
     (tmp_path / "a.bin").write_bytes(data)
     publish_model(load_settings(), tmp_path / "a.bin", target=f"local:{store}")  # re-publishing fixes it
-    assert fetch_model_bytes(load_settings(), "a.bin", target=f"local:{store}") == data
+    assert fetch_model_bytes(load_settings(), "a.bin", target=f"local:{store}")[0] == data
 
 
 # ---------------------------------------------------------------- models published by other tooling

@@ -30,12 +30,17 @@ def test_publish_fetch_round_trip_via_api_and_cdn(azaion_settings, api, s3, mode
     result = publish_model(azaion_settings, model_file, folder="rt1", source_run="azaion-2026-01-01")
     manifest = result.manifest
     assert manifest["small"]["size"] == 3072 and manifest["source_run"] == "azaion-2026-01-01"
-    assert len(api.resources[("rt1", "azaion.onnx.small")]) == 3072
+    assert manifest["version"] == 1 and manifest["small"]["name"] == "azaion.onnx.v1.small"
+    assert len(api.resources[("rt1", "azaion.onnx.v1.small")]) == 3072
     assert json.loads(api.resources[("rt1", "azaion.onnx.manifest.json")]) == manifest
-    stored_big = s3.client("s3", s3.downloader).get_object(Bucket="models", Key="rt1/azaion.onnx.big")["Body"].read()
-    assert api.resources[("rt1", "azaion.onnx.small")] + stored_big != model_file.read_bytes()
+    reader = s3.client("s3", s3.downloader)
+    stored_big = reader.get_object(Bucket="models", Key="rt1/azaion.onnx.v1.big")["Body"].read()
+    assert api.resources[("rt1", "azaion.onnx.v1.small")] + stored_big != model_file.read_bytes()
     assert len(stored_big) == manifest["big"]["size"]
-    assert fetch_model_bytes(azaion_settings, "azaion.onnx", folder="rt1") == model_file.read_bytes()
+    # the plain names the Azaion platform's own loaders read hold the same parts
+    assert api.resources[("rt1", "azaion.onnx.small")] == api.resources[("rt1", "azaion.onnx.v1.small")]
+    assert reader.get_object(Bucket="models", Key="rt1/azaion.onnx.big")["Body"].read() == stored_big
+    assert fetch_model_bytes(azaion_settings, "azaion.onnx", folder="rt1")[0] == model_file.read_bytes()
     # re-publishing the same file is safe: new IV, new parts, same plaintext on fetch
     publish_model(azaion_settings, model_file, folder="rt1")
     fetched = fetch_model_to_file(azaion_settings, "azaion.onnx", out=tmp_path / "out.onnx", folder="rt1")
@@ -50,9 +55,10 @@ def test_local_target_round_trip_80_mb(root, monkeypatch, tmp_path):
     (tmp_path / "big.onnx").write_bytes(data)
     store = tmp_path / "store"
     publish_model(settings, tmp_path / "big.onnx", target=f"local:{store}")
-    assert (store / "api/models/big.onnx.small").stat().st_size == 3072
-    assert (store / "cdn/models/big.onnx.big").is_file() and (store / "api/models/big.onnx.manifest.json").is_file()
-    assert fetch_model_bytes(settings, "big.onnx", target=f"local:{store}") == data
+    assert (store / "api/models/big.onnx.v1.small").stat().st_size == 3072
+    assert (store / "cdn/models/big.onnx.v1.big").is_file() and (store / "api/models/big.onnx.manifest.json").is_file()
+    assert (store / "cdn/models/big.onnx.big").read_bytes() == (store / "cdn/models/big.onnx.v1.big").read_bytes()
+    assert fetch_model_bytes(settings, "big.onnx", target=f"local:{store}")[0] == data
 
 
 def test_tampered_big_part_and_swapped_parts_are_refused(root, monkeypatch, tmp_path, model_file):
@@ -63,15 +69,15 @@ def test_tampered_big_part_and_swapped_parts_are_refused(root, monkeypatch, tmp_
     publish_model(settings, model_file, name="a.onnx", target=target)
     publish_model(settings, other, name="b.onnx", target=target)
     api_dir, cdn_dir = tmp_path / "store/api/models", tmp_path / "store/cdn/models"
-    original_small = (api_dir / "a.onnx.small").read_bytes()
-    (api_dir / "a.onnx.small").write_bytes((api_dir / "b.onnx.small").read_bytes())
-    with pytest.raises(DecryptionError, match="a.onnx.small does not match its manifest"):
+    original_small = (api_dir / "a.onnx.v1.small").read_bytes()
+    (api_dir / "a.onnx.v1.small").write_bytes((api_dir / "b.onnx.v1.small").read_bytes())
+    with pytest.raises(DecryptionError, match="a.onnx.v1.small does not match its manifest"):
         fetch_model_bytes(settings, "a.onnx", target=target)
-    (api_dir / "a.onnx.small").write_bytes(original_small)
-    big = bytearray((cdn_dir / "a.onnx.big").read_bytes())
+    (api_dir / "a.onnx.v1.small").write_bytes(original_small)
+    big = bytearray((cdn_dir / "a.onnx.v1.big").read_bytes())
     big[1000] ^= 1
-    (cdn_dir / "a.onnx.big").write_bytes(bytes(big))
-    with pytest.raises(DecryptionError, match="a.onnx.big does not match its manifest.*tampered"):
+    (cdn_dir / "a.onnx.v1.big").write_bytes(bytes(big))
+    with pytest.raises(DecryptionError, match="a.onnx.v1.big does not match its manifest.*tampered"):
         fetch_model_bytes(settings, "a.onnx", target=target)
 
 
@@ -87,23 +93,23 @@ def test_wrong_model_key_is_refused(root, monkeypatch, tmp_path, model_file):
 
 def test_tampered_cdn_object_and_stale_cache(azaion_settings, api, s3, model_file):
     publish_model(azaion_settings, model_file, folder="tamper")
-    assert fetch_model_bytes(azaion_settings, "azaion.onnx", folder="tamper") == model_file.read_bytes()
-    cached = Layout(azaion_settings.paths).models / "cache/tamper/azaion.onnx.big"
+    assert fetch_model_bytes(azaion_settings, "azaion.onnx", folder="tamper")[0] == model_file.read_bytes()
+    cached = Layout(azaion_settings.paths).model_cache / "tamper/azaion.onnx.v1.big"
     cached.write_bytes(b"stale")  # a damaged cache is replaced by a fresh download
-    assert fetch_model_bytes(azaion_settings, "azaion.onnx", folder="tamper") == model_file.read_bytes()
+    assert fetch_model_bytes(azaion_settings, "azaion.onnx", folder="tamper")[0] == model_file.read_bytes()
     cached.unlink()
     writer = s3.client("s3", s3.uploader)
-    body = bytearray(writer.get_object(Bucket="models", Key="tamper/azaion.onnx.big")["Body"].read())
+    body = bytearray(writer.get_object(Bucket="models", Key="tamper/azaion.onnx.v1.big")["Body"].read())
     body[-1] ^= 0x55
-    writer.put_object(Bucket="models", Key="tamper/azaion.onnx.big", Body=bytes(body))
-    with pytest.raises(DecryptionError, match="azaion.onnx.big does not match its manifest"):
+    writer.put_object(Bucket="models", Key="tamper/azaion.onnx.v1.big", Body=bytes(body))
+    with pytest.raises(DecryptionError, match="azaion.onnx.v1.big does not match its manifest"):
         fetch_model_bytes(azaion_settings, "azaion.onnx", folder="tamper")
 
 
 def test_read_only_cdn_keys_cannot_publish_and_nothing_reaches_the_api(azaion_settings, api, s3, model_file):
     cdn_yaml = s3.cdn_yaml().replace(s3.uploader.access_key, s3.downloader.access_key)
     api.resources[("", "cdn.yaml")] = cdn_yaml.replace(s3.uploader.secret_key, s3.downloader.secret_key).encode()
-    with pytest.raises(OperationFailed, match="s3://models/ro/azaion.onnx.big.*AccessDenied"):
+    with pytest.raises(OperationFailed, match="s3://models/ro/azaion.onnx.v1.big.*AccessDenied"):
         publish_model(azaion_settings, model_file, folder="ro")
     assert api.count("POST", "/resources/ro") == 0
 
@@ -115,7 +121,7 @@ def test_cli_cdn_down_exits_1_without_api_upload(azaion_env, api, model_file, tm
     result = run_azaion("publish", "--file", str(model_file), "--folder", "down",
                         env={**azaion_env, "CDN_CONFIG_FILE": str(cdn_file)})
     assert result.returncode == 1, result.stderr
-    assert "s3://models/down/azaion.onnx.big" in result.stderr and "Traceback" not in result.stderr
+    assert "s3://models/down/azaion.onnx.v1.big" in result.stderr and "Traceback" not in result.stderr
     assert api.count("POST", "/resources/down") == 0
 
 

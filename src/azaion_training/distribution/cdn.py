@@ -102,6 +102,34 @@ class CdnManager:
                                   f"{_describe(exc)}") from None
         log(logger, logging.INFO, "downloaded from the CDN", bucket=bucket, key=key, bytes=target.stat().st_size)
 
+    def copy_object(self, bucket: str, source_key: str, key: str) -> None:
+        """Server-side copy within the bucket (multipart when big), with the uploader credentials."""
+        try:
+            self._writer.copy({"Bucket": bucket, "Key": source_key}, bucket, key, Config=self._transfer)
+        except Exception as exc:
+            raise OperationFailed(f"CDN copy of s3://{bucket}/{source_key} to {key} on {self.host} failed: "
+                                  f"{_describe(exc)}") from None
+        log(logger, logging.INFO, "copied on the CDN", bucket=bucket, source=source_key, key=key)
+
+    def list_keys(self, bucket: str, prefix: str) -> list[str]:
+        """The keys under `prefix` (uploader credentials: whoever publishes also tidies up)."""
+        keys: list[str] = []
+        try:
+            for page in self._writer.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                keys.extend(item["Key"] for item in page.get("Contents", []))
+        except Exception as exc:
+            raise OperationFailed(f"CDN listing of s3://{bucket}/{prefix}* on {self.host} failed: "
+                                  f"{_describe(exc)}") from None
+        return keys
+
+    def delete_object(self, bucket: str, key: str) -> None:
+        try:
+            self._writer.delete_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            raise OperationFailed(f"CDN delete of s3://{bucket}/{key} on {self.host} failed: "
+                                  f"{_describe(exc)}") from None
+        log(logger, logging.INFO, "deleted from the CDN", bucket=bucket, key=key)
+
 
 def _describe(exc: Exception) -> str:
     """A short, secret-free reason: the S3 error code and message, or the exception type."""

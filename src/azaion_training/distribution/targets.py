@@ -1,21 +1,75 @@
 """Where published parts live. `azaion`: small parts and manifests through the Azaion API,
-big parts in the CDN bucket under `<folder>/<name>.big`. `local:DIR`: the same files under
+big parts in the CDN bucket under `<folder>/<part name>`. `local:DIR`: the same files under
 DIR/api/<folder>/ and DIR/cdn/<folder>/, no servers (the embedded default for development
-and demos)."""
+and demos).
 
+A target's identity (`target_identity`, what the promotion history and the fetch state key
+on) is where it is, not how it was spelled: `local:` + the directory's resolved real path
+(symlinks, `..`, trailing slashes), and `azaion:<API URL>#bucket=<CDN_BUCKET>` for the Azaion
+API and its CDN (docs/model-registry.md, "Targets").
+"""
+
+import contextlib
 import logging
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from azaion_training.distribution.api_client import ApiClient, ResourceNotFound
 from azaion_training.distribution.cdn import CDN_CONFIG_FOLDER, CDN_CONFIG_NAME, CdnManager, parse_cdn_config
 from azaion_training.errors import ConfigError, InputError
-from azaion_training.fsutil import atomic_write_bytes, atomic_writer, file_sha256  # noqa: F401 (re-exported)
+from azaion_training.fsutil import (  # noqa: F401 (file_sha256 re-exported)
+    TEMP_PREFIX,
+    atomic_write_bytes,
+    atomic_writer,
+    file_sha256,
+    fsync_dir,
+    link_or_copy,
+)
 from azaion_training.logs import get_logger, log
 from azaion_training.settings import Settings
 
 logger = get_logger("distribution.targets")
+
+LOCAL, AZAION = "local:", "azaion"
+STALE_TEMP_S = 3600  # a publisher's temp file older than this was left by a crash
+
+
+def target_identity(settings: Settings | None, target: str) -> str:
+    """One identity per place: `local:<real path>` for `local:DIR` (however DIR is spelled),
+    `azaion:<API URL>#bucket=<bucket>` for `azaion`. An identity given back is returned as is,
+    so this is idempotent. `settings` is needed for `azaion` only."""
+    if target.startswith(LOCAL) and len(target) > len(LOCAL):
+        return LOCAL + os.path.realpath(Path(target.removeprefix(LOCAL)).expanduser())
+    if target.startswith(AZAION + ":"):
+        return target
+    if target == AZAION:
+        if settings is None:
+            raise ValueError("the identity of the 'azaion' target needs the settings (API URL, CDN bucket)")
+        parts = urlsplit(settings.api.url)
+        url = urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/"), "", ""))
+        return f"{AZAION}:{url}#bucket={settings.cdn.bucket}"
+    raise InputError(f"unknown target {target!r}: use 'azaion' (Azaion API + CDN) or 'local:DIR'")
+
+
+def remove_stale_temp_files(directory: Path, age_s: float = STALE_TEMP_S) -> None:
+    """Temp files of a publisher that crashed mid-write (never visible under a part's name),
+    once older than `age_s` (younger ones may belong to a publish in progress)."""
+    if not directory.is_dir():
+        return
+    for entry in directory.glob(f"{TEMP_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            if time.time() - entry.stat().st_mtime > age_s:
+                entry.unlink()
+
+
+def target_to_open(settings: Settings | None, target: str) -> str:
+    """A target string that reopens the same place from any working directory."""
+    identity = target_identity(settings, target)
+    return identity if identity.startswith(LOCAL) else AZAION
 
 
 class Target(Protocol):
@@ -32,12 +86,22 @@ class Target(Protocol):
         """A local path holding the big part (downloaded into `cache` unless a copy with
         this SHA-256 is already there)."""
 
+    def copy_big(self, folder: str, filename: str, to: str) -> None:
+        """Place a copy of big part `filename` under the name `to` (replacing it)."""
+
+    def list_parts(self, folder: str, prefix: str) -> tuple[list[str] | None, list[str]]:
+        """(small, big) part names starting with `prefix`; small is None where the target
+        cannot list its small parts (the Azaion API)."""
+
+    def remove(self, folder: str, filename: str, big: bool) -> bool:
+        """Delete a part (best effort); False where the target cannot delete it."""
+
     def close(self) -> None: ...
 
 
 class LocalTarget:
     def __init__(self, directory: Path):
-        self.directory = directory.expanduser().absolute()
+        self.directory = Path(os.path.realpath(directory.expanduser()))
         self.description = f"local:{self.directory}"
 
     def put_big(self, folder: str, filename: str, source: Path) -> None:
@@ -58,6 +122,27 @@ class LocalTarget:
         if not path.is_file():
             raise ResourceNotFound(f"{self.description} has no CDN object {folder}/{filename} ({path})")
         return path
+
+    def copy_big(self, folder: str, filename: str, to: str) -> None:
+        directory = self.directory / "cdn" / folder
+        temporary = directory / f"{TEMP_PREFIX}{to}.{os.getpid()}"
+        temporary.unlink(missing_ok=True)
+        link_or_copy(directory / filename, temporary)  # a hardlink: parts are replaced, never edited in place
+        os.replace(temporary, directory / to)
+        fsync_dir(directory)
+
+    def list_parts(self, folder: str, prefix: str) -> tuple[list[str] | None, list[str]]:
+        def names(area: str) -> list[str]:
+            directory = self.directory / area / folder
+            remove_stale_temp_files(directory)
+            return sorted(p.name for p in directory.glob("*") if p.name.startswith(prefix)) \
+                if directory.is_dir() else []
+
+        return names("api"), names("cdn")
+
+    def remove(self, folder: str, filename: str, big: bool) -> bool:
+        (self.directory / ("cdn" if big else "api") / folder / filename).unlink(missing_ok=True)
+        return True
 
     def close(self) -> None:
         pass
@@ -107,15 +192,31 @@ class AzaionTarget:
         cdn.download_file(self.bucket, f"{folder}/{filename}", target)
         return target
 
+    def copy_big(self, folder: str, filename: str, to: str) -> None:
+        cdn = self.cdn
+        cdn.copy_object(self.bucket, f"{folder}/{filename}", f"{folder}/{to}")
+
+    def list_parts(self, folder: str, prefix: str) -> tuple[list[str] | None, list[str]]:
+        cdn = self.cdn
+        keys = cdn.list_keys(self.bucket, f"{folder}/{prefix}")
+        return None, sorted(key.removeprefix(f"{folder}/") for key in keys)
+
+    def remove(self, folder: str, filename: str, big: bool) -> bool:
+        if not big:
+            return False  # the Azaion API has no delete: old small parts (3 KiB each) stay
+        cdn = self.cdn
+        cdn.delete_object(self.bucket, f"{folder}/{filename}")
+        return True
+
     def close(self) -> None:
         self.api.close()
 
 
 def open_target(settings: Settings, target: str) -> Target:
-    if target == "azaion":
+    if target == AZAION:
         return AzaionTarget(settings)
-    if target.startswith("local:") and len(target) > len("local:"):
-        directory = Path(target.removeprefix("local:"))
+    if target.startswith(LOCAL) and len(target) > len(LOCAL):
+        directory = Path(target.removeprefix(LOCAL)).expanduser()
         if directory.exists() and not directory.is_dir():
             raise InputError(f"target {target}: {directory} is not a directory")
         return LocalTarget(directory)

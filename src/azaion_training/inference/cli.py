@@ -28,6 +28,9 @@ def infer(
     no_manifest: bool = typer.Option(False, "--no-manifest",
                                      help="A model name published by other tooling (no manifest): decrypt anyway; "
                                           "only the padding and the ONNX structure are checked."),
+    allow_downgrade: bool = typer.Option(False, "--allow-downgrade",
+                                         help="With a published name: accept a manifest older than the newest "
+                                              "version fetched from that target before."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Detect objects in a video, an image or a directory of images.
@@ -46,7 +49,7 @@ def infer(
     summary = run_inference(settings(), source, chosen, out or Path.cwd() / "azaion-infer" / source.stem,
                             every=every, batch=batch, conf=conf, iou=iou,
                             write_video=not no_video, target=target or None, engine=engine,
-                            no_manifest=no_manifest)
+                            no_manifest=no_manifest, allow_downgrade=allow_downgrade)
     if as_json:
         print_json(asdict(summary))
         return

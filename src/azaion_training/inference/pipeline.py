@@ -341,9 +341,10 @@ class _Run:
 
 
 def model_bytes(settings: Settings, model: str | Path, target: str | None,
-                no_manifest: bool = False) -> tuple[bytes, str]:
+                no_manifest: bool = False, allow_downgrade: bool = False) -> tuple[bytes, str]:
     """(bytes, label) of a model file, or of a published model fetched and decrypted in memory
-    (`no_manifest`: one published by other tooling, see distribution/fetch.py)."""
+    (`no_manifest`: one published by other tooling; `allow_downgrade`: accept an older version
+    than fetched before; see distribution/fetch.py)."""
     path = Path(model)
     if path.is_file():
         return path.read_bytes(), str(path)
@@ -353,8 +354,10 @@ def model_bytes(settings: Settings, model: str | Path, target: str | None,
                          "([A-Za-z0-9._-]): pass an .onnx path or a name published with `azaion publish`")
     from azaion_training.distribution.fetch import fetch_model_bytes
 
-    fetched = fetch_model_bytes(settings, text, **({"target": target} if target else {}), no_manifest=no_manifest)
-    return fetched, f"{text} (fetched, decrypted in memory)"
+    fetched, manifest = fetch_model_bytes(settings, text, **({"target": target} if target else {}),
+                                          no_manifest=no_manifest, allow_downgrade=allow_downgrade)
+    version = f" version {manifest.get('version', 0)}" if manifest else ""
+    return fetched, f"{text}{version} (fetched, decrypted in memory)"
 
 
 def load_engine(settings: Settings, data: bytes, is_plan: bool, batch: int, kind: str = "auto") -> Engine:
@@ -454,7 +457,7 @@ def _run_images(run: _Run, source: Path, batch: int, out: Path, write_images: bo
 def run_inference(settings: Settings, source: Path, model: str | Path, out: Path, every: int | None = None,
                   batch: int | None = None, conf: float | None = None, iou: float | None = None,
                   write_video: bool = True, target: str | None = None, engine: str = "auto",
-                  no_manifest: bool = False) -> InferenceSummary:
+                  no_manifest: bool = False, allow_downgrade: bool = False) -> InferenceSummary:
     """Detect on a video (every `every`-th frame), an image or a directory of images; write
     detections.jsonl, an annotated MP4 (or annotated images) and summary.json under `out`."""
     cfg = overridden(settings.inference, every=every, batch=batch, conf=conf, iou=iou)
@@ -462,7 +465,7 @@ def run_inference(settings: Settings, source: Path, model: str | Path, out: Path
     source = Path(source)
     if not source.exists():
         raise InputError(f"source {source} does not exist: pass a video file, an image, or a directory of images")
-    data, label = model_bytes(settings, model, target, no_manifest)
+    data, label = model_bytes(settings, model, target, no_manifest, allow_downgrade)
     is_plan = str(model).endswith(".engine")
     detector = Detector(load_engine(settings, data, is_plan, batch, engine), conf, iou)
     del data

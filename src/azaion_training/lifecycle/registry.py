@@ -15,12 +15,15 @@ history line, then the intent is removed; recover_pending() finishes or rolls ba
 crash left in between.
 """
 
+import contextlib
 import getpass
 import json
 import logging
 import os
 import socket
+import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -223,6 +226,25 @@ def publish_lock(layout: Layout) -> InstanceLock:
     return InstanceLock(layout.lock_file("publish"), "publish of a model")
 
 
+@contextlib.contextmanager
+def _publishing(layout: Layout, wait_s: float = 30.0) -> Iterator[None]:
+    """The publish lock, waiting up to `wait_s` for a recovery another command is running (brief)."""
+    lock = publish_lock(layout)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            lock.acquire()
+            break
+        except OperationFailed:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def begin_publish(layout: Layout, intent: dict[str, Any]) -> Path:
     """Write the intent record durably before anything is published; refuses when one is pending."""
     missing = [key for key in INTENT_KEYS if intent.get(key) in (None, "")]
@@ -271,7 +293,7 @@ def publish_recorded(settings: Any, layout: Layout, file: Path, target: str, eve
     if not file.is_file():
         raise InputError(f"model file {file} not found")
     key = target_key(target, settings)
-    with publish_lock(layout):
+    with _publishing(layout):
         if pending_path(layout, folder).exists():
             _recover(settings, layout, folder)
         sha256 = file_sha256(file)
@@ -366,9 +388,12 @@ def _recover(settings: Any, layout: Layout, folder: str, failed: bool = False) -
         else:
             if served is None or served < version:
                 prune(store, folder, name, keep_from=0, only=version)  # parts no manifest names
-            now = "nothing" if served is None else f"version {served}"
-            message = (f"rolled back a {half} {what}: the switch did not happen, the target still serves {now}; "
-                       "the history is unchanged")
+            if served is not None and served > version:
+                state = f"the target serves a later version {served} (published by other means)"
+            else:
+                state = "the switch did not happen, the target still serves " + (
+                    "nothing" if served is None else f"version {served}")
+            message = f"rolled back a {half} {what}: {state}; the history is unchanged"
     except (OperationFailed, ConfigError, OSError) as exc:
         return _pending_message(what, exc)
     finally:

@@ -165,7 +165,14 @@ def last_publish(layout: Layout) -> dict[str, Any] | None:
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:
+    from azaion_training.errors import InputError
+    from azaion_training.lifecycle.registry import recover_pending
+
     layout = Layout(settings.paths)
+    try:  # a publish a crash interrupted is completed or rolled back first (docs/model-registry.md)
+        recovered = recover_pending(settings, layout)
+    except InputError as exc:
+        recovered = str(exc)
     names = {cls: c.name for cls, c in load_classes(layout.classes_json).items()}
     areas = {name: area_counts(area) for name, area in layout.areas().items()}
     return {
@@ -180,4 +187,5 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "latest_dataset": latest_dataset(layout),
         "latest_model": latest_model(layout),
         "last_publish": last_publish(layout),
+        **({"recovered": recovered} if recovered else {}),
     }
