@@ -110,23 +110,24 @@ def trained_names(dataset: str | None) -> set[str]:
     return {f["annotation"] for f in files if isinstance(f, dict) and f.get("annotation")}
 
 
-def reference_run(layout: Layout, target: str):
+def reference_run(layout: Layout, target: str, settings: Settings | None = None):
     """The model new data is counted against: production on the target, else the latest finished run."""
     from azaion_training.training.runs import find_run, latest_run
 
-    current = production(layout, target)
+    current = production(layout, target, settings=settings)
     if current is not None:
         try:
             return find_run(layout, current)
         except InputError:  # production trained on another machine: fall back to the local runs
-            pass
+            log(logger, logging.INFO, "production's run is not on this machine: new data is counted against the "
+                "latest finished run", production=current)
     return latest_run(layout, status="finished")
 
 
-def new_annotations(layout: Layout, target: str) -> tuple[int, int, str | None]:
+def new_annotations(layout: Layout, target: str, settings: Settings | None = None) -> tuple[int, int, str | None]:
     """(new, validated, reference run): validated annotations not in the reference model's dataset."""
     names = validated_names(layout)
-    reference = reference_run(layout, target)
+    reference = reference_run(layout, target, settings)
     trained = trained_names(reference.dataset if reference else None)
     return len(names - trained), len(names), reference.run if reference else None
 
@@ -159,14 +160,14 @@ def run_cycle(settings: Settings, target: str = "azaion", min_new: int | None = 
         recovered = recover_pending(settings, layout)
         state = load_state(layout)
         if state is None:
-            new, count, reference = new_annotations(layout, target_key(target, settings))
+            new, count, reference = new_annotations(layout, target_key(target, settings), settings)
             if new < min_new:
                 log(logger, logging.INFO, "cycle skipped: not enough new annotations", new=new, min_new=min_new,
                     validated=count, reference=reference)
                 return {"action": "skipped", "new": new, "min_new": min_new, "validated": count,
                         "reference": reference, "recovered": recovered}
             key = target_key(target, settings)
-            fine_tune = production(layout, key) is not None
+            fine_tune = production(layout, key, settings=settings) is not None
             # a fine-tune of production gets the cycle's budget; the first model trains in full
             state = CycleState(datetime.now(UTC).isoformat(timespec="seconds"), key, count, new,
                                epochs=cycle_epochs(settings, epochs) if fine_tune else
@@ -201,7 +202,7 @@ def _form(settings: Settings, layout: Layout, state: CycleState, imgsz: int | No
     from azaion_training.dataset.form import form_dataset
     from azaion_training.training.runs import find_run
 
-    current = production(layout, state.target)
+    current = production(layout, state.target, settings=settings)
     parent = find_run(layout, current) if current is not None else None
     if parent is not None:
         state.parent, state.base = current, str(parent.best_weights)

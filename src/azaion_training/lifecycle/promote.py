@@ -37,6 +37,7 @@ from azaion_training.lifecycle.registry import (
     publish_recorded,
     read_history,
     recover_pending,
+    same_target,
     target_key,
 )
 from azaion_training.locks import InstanceLock
@@ -187,7 +188,7 @@ def production_onnx(layout: Layout, key: str, name: str, events: list[dict[str, 
         raise InputError(f"production on {key} is run {name}, which is not in {layout.models}: the gate cannot "
                          "evaluate it here; promote on the machine that holds it, or skip the gate with --force") \
             from None
-    published = [e for e in events if e.get("run") == name and e.get("target") == key
+    published = [e for e in events if e.get("run") == name and same_target(e.get("target"), key)
                  and e.get("action") in (PROMOTE, ROLLBACK) and e.get("onnx_sha256")]
     sha256 = published[-1]["onnx_sha256"] if published else record.onnx_sha256
     path = record.onnx_with_sha256(sha256) if sha256 else None
@@ -233,7 +234,7 @@ def promote(settings: Settings, run: str, target: str = "azaion", min_delta: flo
         record = find_run(layout, run)
         if record.status != "finished":
             raise InputError(f"run {record.run} is {record.status}: only a finished run can be promoted")
-        events = read_history(layout)
+        events = read_history(layout, settings=settings)
         stack = production_stack(events, key, settings)
         current = stack[-1] if stack else None
         if current == record.run:
@@ -298,7 +299,7 @@ def rollback(settings: Settings, target: str = "azaion", operator: str | None = 
     key = target_key(target, settings)
     with promotion_lock(layout):
         recovered = recover_pending(settings, layout)
-        events = read_history(layout)
+        events = read_history(layout, settings=settings)
         stack = production_stack(events, key, settings)
         if len(stack) < 2:
             raise InputError(f"nothing to roll back to on {key}: "
@@ -322,7 +323,7 @@ def production_model_file(settings: Settings, target: str = "azaion") -> Path:
     nothing is promoted there)."""
     layout = Layout(settings.paths)
     key = target_key(target, settings)
-    events = read_history(layout)
+    events = read_history(layout, settings=settings)
     stack = production_stack(events, key, settings)
     if not stack:
         raise InputError(f"no --model given and nothing is promoted on {key}: pass --model PATH (or a published "

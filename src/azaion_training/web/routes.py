@@ -275,7 +275,7 @@ def models_data(cockpit: Cockpit) -> dict[str, Any]:
         except OSError as exc:
             return {"versions": [], "production": {}, "error": f"promotion history not shown: {exc}"}
     layout = cockpit.layout
-    versions = [v for v in reversed(list_versions(layout))
+    versions = [v for v in reversed(list_versions(layout, settings=cockpit.settings))
                 if not run_data.record_refused(layout, layout.models / v["run"])]
     production = {target: v["run"] for v in versions for target in v["production_on"]}
     return {"versions": versions, "production": production,
