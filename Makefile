@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint audit clean
+.PHONY: install demo test test-fast lint audit clean rknn-env
 
 # Plain pip into a project venv: torch/torchvision come from the machine's local wheel store.
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -34,6 +34,11 @@ test: $(STAMP) $(CHROMIUM)
 	$(MAKE) --no-print-directory audit
 	$(BIN)/python -m pytest
 
+# The everyday lane: no training, no browser, no broker (tests marked slow are left out).
+test-fast: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -m "not slow" -q
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
@@ -42,5 +47,17 @@ lint: $(STAMP)
 audit: $(STAMP)
 	$(BIN)/bandit -r src -q
 
+# The RKNN toolchain (azaion export --formats rknn) in a venv of its own: rknn-toolkit2 pins
+# numpy <= 1.26, onnx <= 1.18, torch <= 2.4, which the main venv cannot hold. About 5.6 GB and
+# 4-5 minutes (torch 2.4 from PyPI brings its CUDA libraries), so `make test` does not build it;
+# tests/training/test_rknn_env.py runs when it exists (docs/edge.md).
+RKNN_VENV := .venv-rknn
+$(RKNN_VENV)/.installed: requirements-rknn.txt
+	test -x $(RKNN_VENV)/bin/python || $(PYTHON) -m venv $(RKNN_VENV)
+	$(RKNN_VENV)/bin/pip install --disable-pip-version-check -q -r requirements-rknn.txt
+	touch $(RKNN_VENV)/.installed
+
+rknn-env: $(RKNN_VENV)/.installed
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(RKNN_VENV) .pytest_cache .ruff_cache

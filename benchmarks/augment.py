@@ -26,10 +26,10 @@ import numpy as np
 
 from azaion_training.dataset.augment import VARIANTS, AugmentJob, build_pipeline, run_in_processes, run_jobs
 from azaion_training.dataset.sources import check_pair, scan_pairs
-from azaion_training.demo.scenes import encode_jpeg, label_text, render_scene
 from azaion_training.labels import MIN_BOX_AREA, read_label_file
 from azaion_training.layout import Layout
 from azaion_training.offline import configure_offline_environment
+from azaion_training.scenes import encode_jpeg, label_text, render_scene
 from azaion_training.settings import load_settings
 
 ROUNDS = 3

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from azaion_training.dataset.form import form_dataset
-from azaion_training.demo.scenes import encode_jpeg, label_text, render_scene
 from azaion_training.images import decode_problem
 from azaion_training.layout import Layout
+from azaion_training.scenes import encode_jpeg, label_text, render_scene
 from azaion_training.settings import load_settings
 
 

@@ -75,7 +75,7 @@ def step(name):
 
 def synthetic_dataset(root: Path, train: int, valid: int, size: int) -> Path:
     from azaion_training.classes import WeatherMode, model_class_names
-    from azaion_training.demo.scenes import encode_jpeg, label_text, render_scene
+    from azaion_training.scenes import encode_jpeg, label_text, render_scene
 
     rng = np.random.default_rng(0)
     modes = list(WeatherMode)

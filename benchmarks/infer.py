@@ -30,7 +30,7 @@ def make_video(path: Path, frames: int) -> Path:
     """A camera panning over a few large synthetic aerial scenes."""
     import cv2
 
-    from azaion_training.demo.scenes import render_scene
+    from azaion_training.scenes import render_scene
 
     rng = np.random.default_rng(0)
     scenes = [render_scene(rng, 1600).image for _ in range(4)]

@@ -35,11 +35,11 @@ sys.path.insert(0, str(REPO))  # tests.services.rabbitmq: the private broker rec
 
 from rstream import ConsumerOffsetSpecification, OffsetType  # noqa: E402
 
-from azaion_training.demo.scenes import encode_jpeg, render_scene  # noqa: E402
 from azaion_training.queue.broker import stream_consumer  # noqa: E402
 from azaion_training.queue.consumer import StartSpec, StreamConsumer  # noqa: E402
 from azaion_training.queue.messages import NormalizedDetection, Role, SampleOptions, sample_annotation  # noqa: E402
 from azaion_training.queue.streamio import publish, to_amqp  # noqa: E402
+from azaion_training.scenes import encode_jpeg, render_scene  # noqa: E402
 from azaion_training.settings import PathSettings, RabbitMQSettings, Settings  # noqa: E402
 from tests.services.rabbitmq import RabbitNode  # noqa: E402
 
@@ -81,22 +81,18 @@ async def raw_consume(rabbit: RabbitMQSettings, count: int) -> float:
         return time.perf_counter() - started
 
 
-def end_to_end(settings: Settings, count: int) -> float:
-    consumer = StreamConsumer(settings, StartSpec("first"), exit_when_idle=None)
+def end_to_end(settings: Settings, count: int, last_offset: int) -> float:
     finished: list[float] = []
-    commit = consumer.handler.commit
 
-    def timed_commit():  # the moment the last message is durable and its offset recorded
-        committed = commit()
-        if consumer.handler.counts.applied >= count and not finished:
+    def on_commit(offset: int) -> None:  # the worker reports it once files, index and offset.yaml are durable
+        if offset >= last_offset and not finished:
             finished.append(time.perf_counter())
             consumer.stop_requested = True
-        return committed
 
-    consumer.handler.commit = timed_commit
+    consumer = StreamConsumer(settings, StartSpec("first"), exit_when_idle=None, on_commit=on_commit)
     started = time.perf_counter()
     asyncio.run(consumer.run())
-    assert consumer.handler.counts.applied == count, consumer.handler.counts.as_dict()
+    assert consumer.counts.applied == count, consumer.counts.as_dict()
     return finished[0] - started
 
 
@@ -120,7 +116,7 @@ def main() -> None:
                 raw_rates.append(args.count / asyncio.run(raw_consume(rabbit, args.count)))
                 tree = Path(workdir) / f"azaion-{round_number}"
                 e2e_rates.append(args.count / end_to_end(Settings(rabbitmq=rabbit, paths=PathSettings(root_dir=tree)),
-                                                         args.count))
+                                                         args.count, args.count - 1))
             load_after = os.getloadavg()[0]
     finally:
         node.stop()

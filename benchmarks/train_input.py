@@ -31,7 +31,7 @@ MODES = ("none", "disk", "ram")
 def write_dataset(base: Path, count: int, size: int, height: int) -> Path:
     """`count` synthetic aerial frames of size x height (landscape, like the field's video frames)."""
     from azaion_training.classes import model_class_names
-    from azaion_training.demo.scenes import encode_jpeg, label_text, render_scene
+    from azaion_training.scenes import encode_jpeg, label_text, render_scene
 
     rng = np.random.default_rng(0)
     for split in ("train", "valid"):

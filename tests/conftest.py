@@ -14,15 +14,33 @@ import pytest
 import yaml
 
 from azaion_training.classes import WeatherMode, model_class_names
-from azaion_training.demo.scenes import encode_jpeg, label_text, render_scene
 from azaion_training.layout import Layout
 from azaion_training.offline import configure_offline_environment
+from azaion_training.scenes import encode_jpeg, label_text, render_scene
 from azaion_training.settings import ENV_VARS, Settings, load_settings
 
 configure_offline_environment()  # as the `azaion` entry point does: tests load Ultralytics in-process
 
 REPO = Path(__file__).resolve().parent.parent
 AZAION_BIN = Path(sys.executable).parent / "azaion"
+
+
+# The fast lane (`make test-fast`, `pytest -m "not slow"`): no training, no browser, no broker.
+# A test is slow when it asks (directly or through other fixtures) for one of these, or is
+# marked `@pytest.mark.slow` itself (a test that trains through the CLI, say).
+SLOW_FIXTURES = {
+    "rabbit",  # a RabbitMQ node with streams
+    "tiny_model", "tiny_onnx", "trained", "two_runs", "onnx_models",  # real trainings and exports
+    "judged", "parity_root", "fall",  # a real pretrained detector exported and evaluated
+    "browser", "page", "logged_in",  # Chromium
+    "demo_run",  # the whole demo
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ prints. Each stage declares its commands in its own `cli` module on a module-lev
 merged here; stage modules import torch/ultralytics inside commands, so `azaion queue ...`
 stays light."""
 
-import importlib
 import os
 import sqlite3
 import sys
@@ -14,12 +13,25 @@ import typer
 from rich.markup import escape
 from typer._click.exceptions import ClickException  # Typer vendors Click: not `click`'s
 
+from azaion_training.analysis import cli as analysis_cli
 from azaion_training.cli_support import console, err_console, print_json, state
+from azaion_training.dataset import cli as dataset_cli
+from azaion_training.demo import cli as demo_cli
+from azaion_training.distribution import cli as distribution_cli
 from azaion_training.errors import AzaionError, ConfigError, InputError
 from azaion_training.fsutil import atomic_write_text
+from azaion_training.inference import cli as inference_cli
+from azaion_training.lifecycle import cli as lifecycle_cli
 from azaion_training.logs import redact, setup_logging
 from azaion_training.offline import configure_offline_environment
+from azaion_training.ops import backup_cli
+from azaion_training.ops import cli as ops_cli
+from azaion_training.queue import cli as queue_cli
+from azaion_training.report import cli as report_cli
 from azaion_training.settings import LoggingSettings, load_settings, parse_env_file, settings_from_env, to_yaml
+from azaion_training.training import cli as training_cli
+from azaion_training.training import weights_cli
+from azaion_training.web import cli as web_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Azaion AI Training: annotations -> datasets -> YOLO models -> encrypted models -> inference.")
@@ -28,21 +40,10 @@ app.add_typer(config_app, name="config")
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-# Stage modules whose `commands` Typer is merged into `azaion`.
-STAGE_CLI_MODULES = (
-    "azaion_training.queue.cli",
-    "azaion_training.dataset.cli",
-    "azaion_training.training.cli",
-    "azaion_training.distribution.cli",
-    "azaion_training.inference.cli",
-    "azaion_training.demo.cli",
-    "azaion_training.ops.cli",
-    "azaion_training.ops.backup_cli",
-    "azaion_training.report.cli",
-    "azaion_training.lifecycle.weights_cli",
-    "azaion_training.lifecycle.cli",
-    "azaion_training.web.cli",
-)
+# Every stage's `commands` Typer, merged into `azaion`. The stage CLI modules are the top layer:
+# they may import any stage package; no stage package imports a CLI module (tests/unit/test_imports.py).
+STAGE_CLIS = (queue_cli, dataset_cli, training_cli, distribution_cli, inference_cli, demo_cli, ops_cli, backup_cli,
+              report_cli, weights_cli, lifecycle_cli, analysis_cli, web_cli)
 
 
 @app.callback()
@@ -91,6 +92,28 @@ def config_check(config: Path | None = typer.Option(None, "--config", help="conf
     console.print(yaml.safe_dump(settings.masked(), sort_keys=False), markup=False, highlight=False)
 
 
+@config_app.command("doc")
+def config_doc(write: Path | None = typer.Option(None, "--write", help="Regenerate the reference inside this "
+                                                 "Markdown file (docs/configuration.md) instead of printing it."),
+               check: Path | None = typer.Option(None, "--check", help="Exit 1 when this file's reference is not "
+                                                 "what settings.py declares.")) -> None:
+    """The configuration reference generated from settings.py: every variable with its config.yaml key,
+    default, allowed values, whether it is required or secret, and the comment beside its field."""
+    from azaion_training import settings_doc
+
+    if check is not None:
+        page = check.read_text(encoding="utf-8")
+        if settings_doc.splice(page, settings_doc.reference()) != page:
+            err_console.print(f"{check} is out of date: run `azaion config doc --write {check}`")
+            raise typer.Exit(1)
+        console.print(f"{check} lists every variable settings.py declares")
+    elif write is not None:
+        changed = settings_doc.write(write)
+        console.print(f"{'updated' if changed else 'unchanged'}: {write}")
+    else:
+        sys.stdout.write(settings_doc.reference())
+
+
 @app.command("init")
 def init_tree() -> None:
     """Create the /azaion tree under AZAION_ROOT_DIR (idempotent; never deletes or overwrites)."""
@@ -107,8 +130,8 @@ def init_tree() -> None:
     console.print(f"{tree.root}: {len(created)} created, everything else already in place")
 
 
-for _module in STAGE_CLI_MODULES:
-    app.add_typer(importlib.import_module(_module).commands)
+for _stage in STAGE_CLIS:
+    app.add_typer(_stage.commands)
 
 
 def main() -> None:

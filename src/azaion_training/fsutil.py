@@ -117,8 +117,14 @@ def make_durable(root: Path, files: Iterable[Path], directories: Iterable[Path])
         fsync_dir(directory)
 
 
+def has_syncfs() -> bool:
+    """Whether make_durable syncs the whole filesystem (syncfs): then it also covers the files
+    written before it that have moved since, and may run while other files are being written."""
+    return hasattr(os, "O_DIRECTORY") and _LIBC is not None and hasattr(_LIBC, "syncfs")
+
+
 def _syncfs(path: Path) -> bool:
-    if not hasattr(os, "O_DIRECTORY") or _LIBC is None or not hasattr(_LIBC, "syncfs"):
+    if not has_syncfs():
         return False
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

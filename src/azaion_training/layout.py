@@ -13,6 +13,8 @@
     <root>/models/base/                    base weights fetched by `azaion weights pull`
     <root>/models/published/<folder>/      promotion history, pending publish, manifest copies
     <root>/models/cache/, seen-versions.json  fetched big parts; newest version fetched per model
+    <root>/analysis/predictions/<onnx sha256[:16]>/imgsz<N>-conf<C>-iou<I>.sqlite3
+                                           cached detections of one ONNX, keyed by image sha256 (docs/error-analysis.md)
     <root>/classes.json                    annotation classes
     <root>/backups/<UTC time>/             snapshots of the state (`azaion backup`, docs/backup.md)
 """
@@ -155,7 +157,7 @@ class Layout:
         self.datasets = self.root / "datasets"
         self.split_registry = self.datasets / "splits.sqlite3"  # sticky splits (dataset/split_registry.py)
         self.models = self.root / "models"
-        self.base_weights = self.models / "base"  # `azaion weights pull` (lifecycle/weights.py)
+        self.base_weights = self.models / "base"  # `azaion weights pull` (training/weights.py)
         self.base_weights_lock = self.base_weights / "weights.lock.json"  # hashes `weights pull` recorded
         # per resource folder: history.jsonl, pending.json, manifest copies (published_dir; docs/model-registry.md)
         self.published = self.models / "published"
@@ -164,6 +166,8 @@ class Layout:
         # the newest manifest version fetched per target, folder and name (no silent downgrade)
         self.seen_versions = self.models / "seen-versions.json"
         self.classes_json = self.root / "classes.json"
+        self.analysis = self.root / "analysis"  # error analysis (analysis/, docs/error-analysis.md)
+        self.predictions = self.analysis / "predictions"  # detections cache, one folder per ONNX
         self.backups = self.root / "backups"  # `azaion backup create`'s default destination (ops/backup.py)
 
     def areas(self) -> dict[str, Area]:
@@ -180,6 +184,13 @@ class Layout:
         """models/published/<folder>/: the promotion history, the pending-publish intent and the
         local copies of manifests published from this root (docs/model-registry.md)."""
         return self.published / checked_name(folder, "folder")
+
+    def predictions_file(self, onnx_sha256: str, imgsz: int, conf: float, iou: float) -> Path:
+        """The detections cache of one ONNX file (by its sha256) run at `imgsz` with detections
+        kept down to `conf` and overlaps cleaned at `iou` (analysis/predictions.py)."""
+        if not re.fullmatch(r"[0-9a-f]{64}", onnx_sha256):
+            raise InputError(f"{onnx_sha256!r} is not a sha256 hex digest")
+        return self.predictions / onnx_sha256[:16] / f"imgsz{int(imgsz)}-conf{conf:g}-iou{iou:g}.sqlite3"
 
     def lock_file(self, name: str) -> Path:
         return self.locks / f"{checked_name(name, 'lock name')}.lock"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from azaion_training.demo.scenes import encode_jpeg, label_text, render_scene
 from azaion_training.layout import Layout
+from azaion_training.scenes import encode_jpeg, label_text, render_scene
 
 
 def add_annotations(layout: Layout, count: int, prefix: str = "ann", size: int = 64, seed: int = 0) -> list[str]:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from azaion_training.dataset.form import form_dataset
-from azaion_training.demo.scenes import encode_jpeg, render_scene
 from azaion_training.images import decode_problem, structure_problem
 from azaion_training.labels import Box, parse_label_text
 from azaion_training.layout import SPLITS, DatasetDir
@@ -22,6 +21,7 @@ from azaion_training.queue.messages import (
     encode_message,
     sample_annotation,
 )
+from azaion_training.scenes import encode_jpeg, render_scene
 from tests.dataset.conftest import add_annotations, make_old
 
 SUFFIX = {"jpeg": ".jpg", "png": ".png", "bmp": ".bmp", "webp": ".webp", "tiff": ".tif"}

@@ -7,6 +7,8 @@ import shutil
 import signal
 import subprocess
 
+import pytest
+
 from azaion_training.layout import Layout
 from azaion_training.settings import load_settings
 from tests.conftest import AZAION_BIN, run_azaion, write_synthetic_yolo_split
@@ -48,6 +50,7 @@ def test_cycle_with_too_little_data_trains_nothing(tmp_path):
     assert _history(layout) == [] and not (tmp_path / "target").exists()
 
 
+@pytest.mark.slow  # trains through the CLI
 def test_cycles_form_train_promote_and_resume_after_sigterm(tmp_path):
     root = tmp_path / "azaion"
     env = _cycle_env(root)
@@ -111,6 +114,7 @@ def test_cycle_without_base_weights_fails_before_any_work(tmp_path):
     assert not list(layout.datasets.iterdir()) and not (layout.models / "cycle" / "state.json").exists()
 
 
+@pytest.mark.slow  # trains through the CLI
 def test_watch_repeats_cycles_and_stops_on_sigterm(tmp_path):
     env = {**os.environ, "AZAION_LOG_FORMAT": "json", **_cycle_env(tmp_path / "azaion")}
     process = subprocess.Popen([str(AZAION_BIN), "cycle", "--watch", "--interval", "1", "--target",

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from azaion_training.errors import ConfigError, InputError, OperationFailed
-from azaion_training.lifecycle.weights import pull, resolve_training_model, without_credentials
 from azaion_training.settings import load_settings
+from azaion_training.training.weights import pull, resolve_training_model, without_credentials
 from tests.conftest import run_azaion
 
 NAME = "yolo26n.pt"

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from azaion_training.errors import InputError, OperationFailed
-from azaion_training.lifecycle.weights import (
+from azaion_training.settings import load_settings
+from azaion_training.training.weights import (
     CheckpointRefused,
     checked_start_weights,
     file_url,
@@ -27,7 +28,6 @@ from azaion_training.lifecycle.weights import (
     pull,
     shipped_lock,
 )
-from azaion_training.settings import load_settings
 from tests.conftest import REPO, run_azaion
 
 NAME = "yolo26n.pt"
@@ -58,7 +58,7 @@ def other_checkpoint(checkpoint, tmp_path_factory) -> Path:
     """Another valid checkpoint (the same model with one more entry): different bytes, loads fine."""
     import torch
 
-    from azaion_training.lifecycle.weights import load_weights_only
+    from azaion_training.training.weights import load_weights_only
 
     path = tmp_path_factory.mktemp("other") / NAME
     torch.save({**load_weights_only(checkpoint, "fixture"), "note": "a different file"}, path)

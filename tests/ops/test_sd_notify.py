@@ -9,8 +9,8 @@ import time
 import uuid
 from pathlib import Path
 
-from azaion_training.ops.sd_notify import Notifier
 from azaion_training.queue.streamio import publish
+from azaion_training.sd_notify import Notifier
 from tests.queue.conftest import created
 from tests.queue.test_consumer import rabbit_settings, start_consumer, wait_for
 from tests.queue.test_resilience import release, wedge

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from azaion_training.demo.scenes import encode_jpeg
 from azaion_training.queue.dumpfile import DumpRecord, write_dump
 from azaion_training.queue.messages import (
     AnnotationBulkMessage,
@@ -19,6 +18,7 @@ from azaion_training.queue.messages import (
     encode_message,
     sample_annotation,
 )
+from azaion_training.scenes import encode_jpeg
 
 AREAS = ("data", "data-seed", "data_deleted", "queue-rejected")
 

@@ -1,4 +1,4 @@
-"""`azaion report --run RUN` on a real Ultralytics run (the tiny_model fixture)."""
+"""`azaion report RUN` on a real Ultralytics run (the tiny_model fixture)."""
 
 import json
 import shutil
@@ -17,7 +17,7 @@ from tests.conftest import run_azaion
 def test_report_of_a_training_run(root, tiny_model):
     run_dir = root / "models" / "azaion-2025-03-04"
     shutil.copytree(tiny_model.parent.parent, run_dir)
-    done = run_azaion("report", "--run", run_dir.name, env={"AZAION_ROOT_DIR": str(root)}, timeout=300)
+    done = run_azaion("report", run_dir.name, env={"AZAION_ROOT_DIR": str(root)}, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     out = run_dir / "report"
     page = (out / "index.html").read_text()
@@ -38,7 +38,7 @@ def test_report_of_a_training_run(root, tiny_model):
 
 
 def test_report_of_an_unknown_run_is_an_input_error(root):
-    done = run_azaion("report", "--run", "azaion-1999-01-01", env={"AZAION_ROOT_DIR": str(root)})
+    done = run_azaion("report", "azaion-1999-01-01", env={"AZAION_ROOT_DIR": str(root)})
     assert done.returncode == 2
     assert "azaion-1999-01-01" in done.stderr and "Traceback" not in done.stderr
 

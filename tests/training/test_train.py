@@ -77,6 +77,7 @@ def test_resume_of_finished_run_is_refused(trained):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # trains through the CLI
 def test_second_training_on_the_same_root_refuses_to_start(tmp_path, synthetic_dataset):
     root = make_root(tmp_path, synthetic_dataset)
     layout = Layout(load_settings(env={"AZAION_ROOT_DIR": str(root)}).paths)
@@ -108,6 +109,7 @@ def _train_until_epoch_one(root, epochs: int) -> subprocess.Popen:
     raise AssertionError(f"training ended before its first epoch: {''.join(seen)[-2000:]}")
 
 
+@pytest.mark.slow  # trains through the CLI
 def test_sigkill_during_epoch_two_then_resume_ends_with_three_epochs(tmp_path, synthetic_dataset):
     root = make_root(tmp_path, synthetic_dataset)
     process = _train_until_epoch_one(root, epochs=3)
@@ -126,6 +128,7 @@ def test_sigkill_during_epoch_two_then_resume_ends_with_three_epochs(tmp_path, s
     assert (run_dir / "weights" / "best.pt").is_file()
 
 
+@pytest.mark.slow  # trains through the CLI
 def test_sigterm_stops_after_a_resumable_checkpoint(tmp_path, synthetic_dataset):
     root = make_root(tmp_path, synthetic_dataset)
     process = _train_until_epoch_one(root, epochs=4)

@@ -37,10 +37,28 @@ def test_env_example_lists_every_required_variable():
     assert set(REQUIRED_ENV_VARS) <= set(values)
 
 
-def test_readme_documents_every_variable():
-    """The README's configuration table is the user's view of settings.py's env markers."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert [name for name in ENV_VARS if f"`{name}`" not in readme] == []
+def test_configuration_reference_is_generated_from_settings():
+    """docs/configuration.md is exactly what `azaion config doc` makes of settings.py's env markers:
+    a new variable cannot go undocumented (fix: `azaion config doc --write docs/configuration.md`)."""
+    from azaion_training.settings_doc import reference, splice
+
+    page = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert splice(page, reference()) == page, "docs/configuration.md is out of date: run " \
+        "`azaion config doc --write docs/configuration.md`"
+    assert [name for name in ENV_VARS if f"| `{name}` |" not in page] == []
+
+
+def test_configuration_reference_reads_the_declarations():
+    from azaion_training.settings_doc import variables
+
+    found = {v.name: v for v in variables()}
+    assert list(found) == list(ENV_VARS)
+    assert found["MODEL_ENCRYPTION_KEY"].secret and found["MODEL_ENCRYPTION_KEY"].required
+    assert found["TRAINING_CACHE"].allowed == "none \\| disk \\| ram" and found["TRAINING_CACHE"].default == "none"
+    assert found["TRAINING_EPOCHS"].allowed == "integer ≥ 1" and found["TRAINING_EPOCHS"].key == "training.epochs"
+    assert found["TRAINING_DEVICE"].comment.startswith('"" = Ultralytics\' choice')  # the comment above the field
+    assert found["INFERENCE_BATCH"].comment.startswith("0 = 1 on CPU")  # the comment beside it
+    assert found["AZAION_ENV"].section == "" and found["AZAION_ENV"].default == "production"
 
 
 def test_yaml_then_env_precedence(tmp_path, monkeypatch):

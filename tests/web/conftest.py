@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from azaion_training.classes import WeatherMode
-from azaion_training.demo.scenes import encode_jpeg, render_scene
 from azaion_training.layout import Layout
 from azaion_training.queue.messages import AnnotationStatus, Role
+from azaion_training.scenes import encode_jpeg, render_scene
 from azaion_training.settings import load_settings
 from tests.conftest import AZAION_BIN
 from tests.dataset.conftest import make_old

@@ -64,16 +64,29 @@ def demo(
 def continue_text(result) -> str:
     """The closing lines: the report, and how to go on working on the demo's tree."""
     art = result.artefacts
-    config = art["config"]
-    return "\n".join((
-        f"report: {result.report.absolute()}",
-        "",
-        "The demo's tree stays usable (README.md, \"Continue on the demo tree\"):",
-        f"  AZAION_ROOT_DIR={art['root']}",
-        f"  config:    {config}   (mode 0600; the model key alone: {art['model_key']})",
-        f"  published: {art['target']}",
-        f"  azaion --config {config} models list",
-        f"  azaion --config {config} fetch-model azaion.onnx --target {art['target']} --out /tmp/azaion.onnx",
-        f"  azaion --config {config} infer {art['video']} --model azaion.onnx --from {art['target']}",
-        f"  azaion --config {config} cycle --once --target {art['target']}",
-    ))
+    azaion = f"{_azaion_command()} --config {art['config']}"
+    lines = [f"report: {result.report.absolute()}", "",
+             "The demo's tree stays usable (README.md, \"Continue on the demo tree\"):",
+             f"  AZAION_ROOT_DIR={art['root']}",
+             f"  config: {art['config']}  (mode 0600, the model key included; the key alone: {art['model_key']})",
+             f"  {azaion} models list"]
+    if result.promoted:
+        lines.append(f"  {azaion} infer {art['video']} --model azaion.onnx --from {art['target']}")
+    else:
+        run = Path(art["run"]).name
+        lines += [f"  The gate refused the model ({result.refused}): nothing was published to {art['target']}.",
+                  f"  {azaion} models promote {run} --target {art['target']} --force   # publish it anyway"]
+    return "\n".join(lines)
+
+
+def _azaion_command() -> str:
+    """`azaion` when that is what the shell finds, else the path this process was started by
+    (`make demo` runs .venv/bin/azaion without activating the venv)."""
+    import shutil
+    import sys
+
+    started = Path(sys.argv[0])
+    found = shutil.which("azaion")
+    if started.name != "azaion" or (found and Path(found).resolve() == started.resolve()):
+        return "azaion"
+    return str(started)

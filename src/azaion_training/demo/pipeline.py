@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from azaion_training.errors import OperationFailed
 from azaion_training.layout import Layout
 from azaion_training.logs import get_logger, log, register_secret
 from azaion_training.settings import Settings
@@ -53,6 +52,8 @@ class DemoResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     artefacts: dict[str, str] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
+    promoted: bool = False  # the gate published the run to <workdir>/published
+    refused: str | None = None  # why the gate refused it
 
 
 def demo_settings(options: DemoOptions, base: Settings | None = None) -> Settings:
@@ -136,7 +137,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
                           lambda: _publish(settings, trained, workdir))
     video = steps.run("render a flight video", lambda: _video(options))
     inference = steps.run("infer on the video with the fetched model",
-                          lambda: _infer(settings, video, workdir, published["target"]))
+                          lambda: _infer(settings, video, workdir, published, exported["path"]))
     report = steps.run("write the report", lambda: _report(settings, trained, exported, stream, ingest,
                                                            published, inference, steps.timings, options))
     steps.timings["total"] = round(time.monotonic() - started, 1)
@@ -145,11 +146,12 @@ def run_demo(options: DemoOptions) -> DemoResult:
         timings_s=steps.timings,
         artefacts={"dump": str(dump), "dataset": str(formed.path), "run": str(trained.run_dir),
                    "pt": str(trained.best), "onnx": str(exported["path"]),
-                   "manifest": str(published["manifest_path"]), "video": str(video),
+                   "manifest": str(published["manifest_path"]) if published["promoted"] else None, "video": str(video),
                    "inference": str(workdir / "inference"), "report": str(report.index_html),
                    "root": str(layout.root), "config": str(config), "model_key": str(key),
                    "target": published["target"]},
-        counts={"stream": stream.as_dict(), "ingest": ingest})
+        counts={"stream": stream.as_dict(), "ingest": ingest},
+        promoted=published["promoted"], refused=None if published["promoted"] else published["reasons"])
     log(logger, logging.INFO, "demo finished", seconds=steps.timings["total"], mAP50=result.map50,
         report=str(result.report))
     return result
@@ -203,14 +205,21 @@ def _publish(settings: Settings, trained, workdir: Path) -> dict[str, Any]:
 
     target = f"local:{workdir / 'published'}"
     decision = promote(settings, trained.run_dir.name, target=target)
-    if decision.action != "promote":
-        raise OperationFailed(f"the demo model was not promoted ({decision.action}): "
-                              + "; ".join(decision.reasons or []))
     comparison = decision.comparison
-    gate = comparison.candidate
+    gate = comparison.candidate if comparison is not None else None
+    if decision.action != "promote":
+        # A run too small to learn (a few images, a few epochs) stays below the gate's floor: as in
+        # production nothing is published, and the demo goes on with the run's ONNX file.
+        reasons = "; ".join(decision.reasons or []) or decision.action
+        log(logger, logging.WARNING, "the gate refused the demo's model: nothing published, inference uses "
+            "the run's ONNX file", reasons=reasons)
+        return {"target": target, "promoted": False, "reasons": reasons, "manifest_path": None, "manifest": None,
+                "gate": gate.metrics if gate else None,
+                "fetch_check": f"not published: the gate refused it ({reasons})"}
     manifest_path = local_manifest_path(Layout(settings.paths), FOLDER, MODEL_NAME)
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    return {"target": target, "manifest_path": manifest_path, "manifest": manifest, "gate": gate.metrics,
+    return {"target": target, "promoted": True, "manifest_path": manifest_path, "manifest": manifest,
+            "gate": gate.metrics,
             "fetch_check": f"judged mAP50 {gate.metrics['mAP50']:.3f} [{comparison.where(gate)}]; fetched back, "
                            f"decrypted in memory, SHA-256 {gate.onnx_sha256[:16]}... matches the judged ONNX"}
 
@@ -223,10 +232,15 @@ def _video(options: DemoOptions) -> Path:
     return render_flight(options.workdir / "flight.mp4", rng, options.imgsz, DEMO_CLASSES, options.video_frames)
 
 
-def _infer(settings: Settings, video: Path, workdir: Path, target: str):
+def _infer(settings: Settings, video: Path, workdir: Path, published: dict[str, Any], onnx: Path):
+    """With the published model, fetched and decrypted in memory; the run's ONNX file when the gate
+    refused to publish it."""
     from azaion_training.inference.pipeline import run_inference
 
-    return run_inference(settings, video, MODEL_NAME, workdir / "inference", target=target, engine="onnx")
+    if not published["promoted"]:
+        return run_inference(settings, video, str(onnx), workdir / "inference", engine="onnx")
+    return run_inference(settings, video, MODEL_NAME, workdir / "inference", target=published["target"],
+                         engine="onnx")
 
 
 def ingest_rows(stream, ingest: dict[str, Any]) -> list[dict[str, Any]]:

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from azaion_training.classes import WeatherMode
-from azaion_training.demo.scenes import encode_jpeg, render_scene
 from azaion_training.queue.dumpfile import DumpRecord, write_dump
 from azaion_training.queue.messages import (
     AnnotationBulkMessage,
@@ -23,6 +22,7 @@ from azaion_training.queue.messages import (
     amqp_bytes,
     encode_message,
 )
+from azaion_training.scenes import encode_jpeg, render_scene
 
 # Six visually distinct base classes (ArmorVehicle, Truck, Vehicle, Artillery, Plane, Building).
 DEMO_CLASSES = (0, 1, 2, 3, 10, 15)

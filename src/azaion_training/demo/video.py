@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from azaion_training.classes import WeatherMode
-from azaion_training.demo.scenes import render_scene
 from azaion_training.errors import OperationFailed
+from azaion_training.scenes import render_scene
 
 
 def render_flight(path: Path, rng: np.random.Generator, frame_size: int, classes: tuple[int, ...],

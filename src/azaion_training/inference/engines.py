@@ -287,3 +287,223 @@ def tensorrt_from_onnx(onnx_bytes: bytes, cache_dir: Path, batch_size: int, devi
                             device_id=device_id)
     engine.stride = onnx_engine.stride
     return engine
+
+
+# --- edge engines: OpenVINO (CPU laptops) and RKNN Lite (Rockchip boards), docs/edge.md ---------------------
+
+EDGE_METADATA = "metadata.json"  # inside an edge archive: format, precision, names, stride, imgsz, end2end
+OPENVINO_FILES = ("azaion.xml", "azaion.bin")
+RKNN_FILE = "azaion.rknn"
+
+
+def disable_openvino_telemetry() -> None:
+    """OpenVINO's model converter and NNCF send usage telemetry unless a consent file in the home
+    directory says no; the product never phones home (there is no internet in the field either).
+    Called before either is imported: NNCF's own switch, and every consent check answered "declined"."""
+    os.environ.setdefault("NNCF_CI", "1")  # nncf/telemetry/wrapper.py: a stub instead of the sender
+    try:
+        from openvino_telemetry.utils import opt_in_checker
+    except ImportError:
+        return
+    opt_in_checker.OptInChecker.check = lambda *_args, **_kwargs: opt_in_checker.ConsentCheckResult.DECLINED
+
+
+def pack_edge_archive(files: dict[str, bytes], metadata: dict[str, Any]) -> bytes:
+    """One file for an edge model (what is encrypted and published): its files and metadata.json,
+    stored uncompressed in a zip with fixed timestamps, so the same model gives the same bytes."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in [*files.items(), (EDGE_METADATA, json.dumps(metadata, sort_keys=True).encode())]:
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)
+    return buffer.getvalue()
+
+
+def read_edge_archive(data: bytes) -> tuple[dict[str, bytes], dict[str, Any]] | None:
+    """(files, metadata) of an edge archive; None for anything else (an ONNX, a TensorRT plan)."""
+    import io
+    import zipfile
+
+    if not data.startswith(b"PK\x03\x04"):
+        return None
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            files = {name: archive.read(name) for name in archive.namelist()}
+    except (zipfile.BadZipFile, ValueError) as exc:
+        raise InputError(f"the model looks like an edge archive (zip) but cannot be read ({exc})") from None
+    if EDGE_METADATA not in files:
+        raise InputError("the zip holds no metadata.json, so it is no edge model of `azaion export`: export it "
+                         "with `azaion export --formats openvino` (or rknn)")
+    try:
+        metadata = json.loads(files.pop(EDGE_METADATA))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError("the edge archive's metadata.json is not JSON: export the model again") from None
+    return files, metadata
+
+
+def _metadata_names(metadata: dict[str, Any]) -> dict[int, str]:
+    names = metadata.get("names")
+    return {int(k): str(v) for k, v in names.items()} if isinstance(names, dict) else model_class_names()
+
+
+def onnx_metadata(model_bytes: bytes) -> dict[str, str]:
+    """An ONNX model's metadata_props (Ultralytics writes names, stride, imgsz, batch, end2end)."""
+    import onnx
+
+    try:
+        model = onnx.load_model_from_string(model_bytes)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise InputError(f"the model is not a loadable ONNX file ({type(exc).__name__}); pass an .onnx exported "
+                         "with `azaion export`") from None
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def openvino_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def rknn_lite_available() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("rknnlite.api") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+class OpenVinoEngine:
+    """OpenVINO Runtime on the CPU, from an edge archive of `azaion export --formats openvino`
+    (FP32 or INT8 IR) or from ONNX bytes, in memory. Free spatial axes are kept free (frames are
+    letterboxed to their own stride-multiple rectangle, as with ONNX Runtime); each input shape
+    gets its own static compilation, made on first use and kept (a video has one shape). FP32
+    arithmetic where the model is not quantised (the CPU plugin would otherwise pick bf16 on
+    CPUs that have it, which the evaluation did not measure)."""
+
+    MAX_SHAPES = 8
+
+    def __init__(self, model_bytes: bytes, threads: int = 0, batch_size: int | None = None, workers: int = 0):
+        import threading
+
+        disable_openvino_telemetry()
+        import openvino as ov
+
+        archive = read_edge_archive(model_bytes)
+        self._core = ov.Core()
+        if archive is not None:
+            files, info = archive
+            if info.get("format") != "openvino" or any(name not in files for name in OPENVINO_FILES):
+                raise InputError(f"the edge archive holds a {info.get('format')!r} model, not OpenVINO: "
+                                 "use --engine auto (or the engine its format names)")
+            weights = np.frombuffer(files["azaion.bin"], dtype=np.uint8)
+            self._model = self._core.read_model(files["azaion.xml"].decode("utf-8"), ov.Tensor(weights))
+            self.precision = str(info.get("precision", "fp32"))
+            # the archive's JSON values in the ONNX metadata's string form, read by the same code
+            metadata = {k: v if isinstance(v, str) else repr(v) for k, v in info.items()}
+        else:
+            import io
+
+            metadata = onnx_metadata(model_bytes)
+            try:
+                self._model = ov.convert_model(io.BytesIO(model_bytes))
+            except Exception as exc:  # OpenVINO's frontends raise their own types for every parse failure
+                raise InputError(f"OpenVINO cannot read the model ({type(exc).__name__}: {str(exc)[:200]}): pass "
+                                 "an .onnx or an edge archive exported with `azaion export`") from None
+            self.precision = "fp32"
+        shape = self._model.inputs[0].get_partial_shape()
+        if len(self._model.inputs) != 1 or shape.rank.get_length() != 4:
+            raise InputError(f"the OpenVINO model takes {len(self._model.inputs)} inputs of shape {shape}; expected "
+                             "one image input (batch, 3, height, width): export a YOLO detection model")
+        dims = [d.get_length() if d.is_static else None for d in shape]
+        self.dynamic_batch = dims[0] is None
+        self.dynamic_hw = dims[2] is None or dims[3] is None
+        self.input_shape = (dims[2], dims[3]) if not self.dynamic_hw else OnnxEngine._metadata_imgsz(metadata)
+        self.batch_size = dims[0] if not self.dynamic_batch else (batch_size or 1)
+        output = [d.get_length() if d.is_static else "?" for d in self._model.outputs[0].get_partial_shape()]
+        self.end2end = _is_end2end(metadata, output)
+        _check_output(output, self.end2end, "the OpenVINO model")
+        self.stride = int(metadata.get("stride", DEFAULT_STRIDE))
+        names = _literal(metadata.get("names"))
+        self.class_names = {int(k): str(v) for k, v in names.items()} if isinstance(names, dict) \
+            else model_class_names()
+        self.workers = workers or 1
+        self.provider = f"OpenVINO CPU ({self.precision})"
+        self._config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            self._config["INFERENCE_NUM_THREADS"] = threads
+        self._compiled: dict[tuple[int, ...], tuple[Any, list]] = {}
+        self._lock = threading.Lock()
+
+    def _request(self, shape: tuple[int, ...]) -> tuple[Any, list]:
+        """A free infer request of the model compiled for `shape` (requests are not thread-safe:
+        each concurrent call takes its own from the shape's pool)."""
+        with self._lock:
+            if shape not in self._compiled:
+                if len(self._compiled) >= self.MAX_SHAPES:
+                    self._compiled.pop(next(iter(self._compiled)))
+                model = self._model.clone()
+                model.reshape({model.inputs[0]: list(shape)})
+                self._compiled[shape] = (self._core.compile_model(model, "CPU", self._config), [])
+            compiled, pool = self._compiled[shape]
+            request = pool.pop() if pool else compiled.create_infer_request()
+        return request, pool
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        count = batch.shape[0]
+        feed = np.ascontiguousarray(batch if self.dynamic_batch else _pad_batch(batch, self.batch_size),
+                                    dtype=np.float32)
+        request, pool = self._request(tuple(feed.shape))
+        try:
+            request.infer({0: feed})
+            outputs = [np.array(request.get_output_tensor(i).data[:count], dtype=np.float32)
+                       for i in range(len(self._model.outputs))]
+        finally:
+            with self._lock:
+                pool.append(request)
+        return outputs
+
+
+class RknnLiteEngine:
+    """An .rknn model on a Rockchip board's NPU through rknn-toolkit-lite2 (installed on the board
+    only, docs/edge.md). The runtime loads from a path, so the decrypted model lives for the load
+    in a private file in /dev/shm (memory) and is removed at once. Fixed input size; the model's
+    two outputs (boxes, class scores: split for INT8, training/rknn_convert.py) are joined again."""
+
+    def __init__(self, model_bytes: bytes, class_names: dict[int, str] | None = None):
+        import tempfile
+
+        from rknnlite.api import RKNNLite
+
+        archive = read_edge_archive(model_bytes)
+        if archive is None or archive[1].get("format") != "rknn" or RKNN_FILE not in archive[0]:
+            raise InputError("the rknn engine takes an RKNN edge archive of `azaion export --formats rknn`")
+        files, metadata = archive
+        self._rknn = RKNNLite(verbose=False)
+        directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        with tempfile.NamedTemporaryFile(suffix=".rknn", dir=directory) as plain:
+            plain.write(files[RKNN_FILE])
+            plain.flush()
+            if self._rknn.load_rknn(plain.name) != 0:
+                raise InputError("rknn-toolkit-lite2 cannot load the model (built for another platform or "
+                                 f"toolkit version? it was built for {metadata.get('platform')})")
+        if self._rknn.init_runtime(core_mask=RKNNLite.NPU_CORE_AUTO) != 0:
+            raise OperationFailed("the RKNN runtime did not start (is this a Rockchip board with its NPU driver?)")
+        height, width = metadata["imgsz"]
+        self.input_shape = (int(height), int(width))
+        self.batch_size, self.dynamic_batch, self.dynamic_hw = 1, False, False
+        self.end2end = bool(metadata.get("end2end", False))
+        self.stride = int(metadata.get("stride", DEFAULT_STRIDE))
+        self.class_names = class_names or _metadata_names(metadata)
+        self.provider = f"RKNN NPU ({metadata.get('platform')}, {metadata.get('precision')})"
+        self.workers = 1
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        rows = []
+        for frame in batch:  # the pipeline's [0, 1] float RGB back to the 0..255 the model was built for
+            pixels = (frame * 255).round().astype(np.uint8)[None]
+            outputs = self._rknn.inference(inputs=[pixels], data_format="nchw")
+            rows.append(np.concatenate([np.asarray(o, np.float32).reshape(1, o.shape[1], -1) for o in outputs], 1))
+        return [np.concatenate(rows)]

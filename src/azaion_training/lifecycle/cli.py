@@ -5,7 +5,7 @@ from typing import Any
 
 import typer
 
-from azaion_training.cli_support import console, layout, print_json, settings
+from azaion_training.cli_support import console, layout, print_json, run_argument, settings
 from azaion_training.errors import OperationFailed
 from azaion_training.layout import SPLITS
 
@@ -130,7 +130,8 @@ def _print_comparison(comparison) -> None:
 
 @commands.command("evaluate")
 def evaluate_command(
-    candidate: str = typer.Option(..., "--candidate", help="The run to evaluate (name or directory)."),
+    candidate: str | None = typer.Argument(None, metavar="RUN", show_default=False,
+                                           help="The candidate run to evaluate (name or directory)."),
     baseline: str | None = typer.Option(None, "--baseline", help="A run, or 'production' (on --target)."),
     target: str = typer.Option("azaion", "--target", help="With --baseline production: " + TARGET_HELP),
     dataset: str | None = typer.Option(None, "--dataset", help="Dataset name or path (default: the candidate's)."),
@@ -138,6 +139,8 @@ def evaluate_command(
     imgsz: int | None = typer.Option(None, "--imgsz", min=32,
                                      help="Export and judge at this size (default: the size each run trained at)."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    candidate_option: str | None = typer.Option(None, "--candidate", hidden=True,
+                                                help="Deprecated: the candidate run, positional now."),
 ) -> None:
     """The candidate's ONNX and the baseline's through the same inference pipeline on the same split."""
     from azaion_training.errors import InputError
@@ -146,6 +149,7 @@ def evaluate_command(
     from azaion_training.lifecycle.registry import production_stack, read_history, target_key
     from azaion_training.training.runs import find_run
 
+    candidate = run_argument(candidate, candidate_option, "azaion evaluate RUN", "--candidate")
     if split not in SPLITS:
         raise InputError(f"--split {split!r}: use {', '.join(SPLITS[:-1])} or {SPLITS[-1]}")
     tree = layout()

@@ -173,8 +173,8 @@ def run_cycle(settings: Settings, target: str = "azaion", min_new: int | None = 
                                epochs=cycle_epochs(settings, epochs) if fine_tune else
                                (epochs or settings.training.epochs))
             if not fine_tune:
-                from azaion_training.lifecycle.weights import resolve_training_model
                 from azaion_training.training.train import model_source
+                from azaion_training.training.weights import resolve_training_model
 
                 model_source(resolve_training_model(settings.training.model, layout))  # missing: fails before any work
             require_publishable(settings, target)  # before hours of training, not after

@@ -106,11 +106,16 @@ def detect_labelled(onnx_bytes: bytes, images: list[Path], settings: Settings,
                     conf: float = EVAL_CONF) -> tuple[list[list[tuple]], list[list[tuple]]]:
     """Per image: the ONNX's detections (cls, conf, x1, y1, x2, y2) and its labels (cls, x1, y1,
     x2, y2), both in pixels."""
+    return detect_labelled_with(_detector(onnx_bytes, settings, conf, settings.export.max_batch), images)
+
+
+def detect_labelled_with(detector, images: list[Path]) -> tuple[list[list[tuple]], list[list[tuple]]]:
+    """`detect_labelled` for any engine: a Detector (inference/pipeline.py) over an ONNX Runtime,
+    OpenVINO, RKNN or other engine, the same letterbox and overlap cleanup for all."""
     import cv2
 
     from azaion_training.training.export import ground_truth
 
-    detector = _detector(onnx_bytes, settings, conf, settings.export.max_batch)
     predictions, truths = [], []
     for start in range(0, len(images), CHUNK):
         chunk = images[start:start + CHUNK]
@@ -158,6 +163,36 @@ def score_onnx(run: str, onnx: Path, images: list[Path], settings: Settings,
                        onnx_imgsz(onnx), ENGINE,
                        {"images": min(SAMPLE_IMAGES, len(images)), "mAP50": round(sample or 0.0, 4)})
     return score, evaluation
+
+
+def engine_detector(engine, settings: Settings, conf: float = EVAL_CONF):
+    """The evaluation's Detector over any engine (overlap cleanup at INFERENCE_IOU, as the gate)."""
+    from azaion_training.inference.pipeline import Detector
+
+    return Detector(engine, conf=conf, iou=settings.inference.iou)
+
+
+def score_detections(predictions: list[list[tuple]], truths: list[list[tuple]],
+                     settings: Settings) -> tuple[dict[str, float], dict[str, dict[str, float]], Evaluation]:
+    """Metrics and per-class AP50 (by class name) of detections against labels: what `score_onnx`
+    reports, for detections of any engine."""
+    from azaion_training.classes import model_class_names
+
+    evaluation = evaluate_detections(predictions, truths)
+    names = model_class_names(Layout(settings.paths).classes_json)
+    per_class = {names.get(c, f"Class-{c}"): row for c, row in evaluation.per_class().items()}
+    return evaluation.summary(settings.inference.conf), per_class, evaluation
+
+
+def ms_per_frame(detector, frames: list) -> float:
+    """Mean wall time of one decoded frame through `detector` (letterbox, engine, cleanup), batch 1,
+    after one warm-up frame of each shape."""
+    for frame in {f.shape: f for f in frames}.values():
+        detector.detect([frame])
+    started = time.perf_counter()
+    for frame in frames:
+        detector.detect([frame])
+    return (time.perf_counter() - started) * 1000 / len(frames)
 
 
 def sample_map50(onnx_bytes: bytes, images: list[Path], settings: Settings) -> float:

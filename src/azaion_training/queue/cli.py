@@ -65,9 +65,9 @@ def publish_sample_command(
     import numpy as np
 
     from azaion_training.classes import WeatherMode
-    from azaion_training.demo.scenes import encode_jpeg, render_scene  # cv2: a development command only
     from azaion_training.queue.messages import NormalizedDetection
     from azaion_training.queue.streamio import publish, sample_messages, to_amqp
+    from azaion_training.scenes import encode_jpeg, render_scene  # cv2: a development command only
 
     rng, modes = np.random.default_rng(seed), list(WeatherMode)
 

@@ -1,23 +1,21 @@
 """`azaion queue consume`: the long-running stream consumer.
 
-One session = connect, wait for the stream, subscribe at the resume position, apply messages
-as they arrive, until a signal, an idle timeout or a lost connection. rstream's callback only
-queues each message for the `Applier`, a thread that applies them in order and group-commits
-them, so the socket is read while earlier messages are decoded and written (both mostly wait on
-the kernel, which releases the GIL). Lost connections, local failures and a message that
-trips the handler end the session; the next one starts after a capped exponential backoff
-from the last committed offset, so nothing is skipped (the handler quarantines a message at
-its third failed attempt). Under systemd it speaks sd_notify, with a watchdog (`_watchdog`).
-rstream's own recovery is off: it would resubscribe after the last *delivered*
-chunk, not the last *applied* message.
+One session = fork the apply worker, connect, wait for the stream, subscribe at the resume
+position, apply messages as they arrive, until a signal, an idle timeout or a lost connection.
+rstream's callback only passes each message to the `ApplyWorker` (worker.py), a child process
+that applies them in order and group-commits them, so the socket is read in this process while
+earlier messages are decoded and written in the other (no shared GIL). Lost connections, local
+failures and a message that trips the handler end the session; the next one starts after a
+capped exponential backoff from the last committed offset, so nothing is skipped (the handler
+quarantines a message at its third failed attempt). Under systemd it speaks sd_notify, with a
+watchdog (`_watchdog`). rstream's own recovery is off: it would resubscribe after the last
+*delivered* chunk, not the last *applied* message.
 """
 
 import asyncio
 import contextlib
 import logging
-import queue
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,26 +29,17 @@ from azaion_training.fsutil import fsync_dir
 from azaion_training.layout import Layout
 from azaion_training.locks import InstanceLock
 from azaion_training.logs import get_logger, log
-from azaion_training.ops.sd_notify import Notifier, watchdog_timeout_s
 from azaion_training.queue.broker import stream_consumer
-from azaion_training.queue.handler import (
-    COMMIT_EVERY,
-    LOCAL_FAILURES,
-    MAX_ATTEMPTS,
-    AnnotationHandler,
-    IngestCounts,
-    MessageFailed,
-)
-from azaion_training.queue.messages import Limits, capped
+from azaion_training.queue.handler import AnnotationHandler, IngestCounts
+from azaion_training.queue.messages import Limits
 from azaion_training.queue.offsets import committed_offset
 from azaion_training.queue.progress import ProgressLog
+from azaion_training.queue.worker import ApplyWorker
+from azaion_training.sd_notify import Notifier, watchdog_timeout_s
 from azaion_training.settings import Settings
 
 logger = get_logger("queue")
-GROUP_WINDOW_S = 0.5  # the longest an applied message waits for its group commit
 PUMP_INTERVAL_S = 0.2  # how often the committed offset is stored server-side and idleness checked
-INBOX_DEPTH = 64  # messages delivered but not yet applied (bounds the memory they hold)
-INBOX_FULL_WAIT_S = 0.005
 STREAM_POLL_S = 2.0
 CLOSE_TIMEOUT_S = 2.0
 AUTH_ERRORS = (rstream_errors.AuthenticationFailure, rstream_errors.SASLAuthenticationFailureLoopback,
@@ -92,120 +81,9 @@ class SessionEnded(Exception):
     """The connection was lost or a local failure happened: reconnect after a backoff."""
 
 
-class Applier:
-    """Applies delivered messages in order in a thread of its own and group-commits them
-    (`AnnotationHandler.commit`: files durable, then the index, then offset.yaml) every
-    COMMIT_EVERY messages or GROUP_WINDOW_S; `on_commit(offset)` follows each commit."""
-
-    def __init__(self, handler: AnnotationHandler, progress: ProgressLog, on_commit: Callable[[int], None]):
-        self.handler = handler
-        self.progress = progress
-        self.on_commit = on_commit
-        self.failure: str | None = None
-        self.last_activity = time.monotonic()  # when a message was last offered or finished
-        self.busy_since: float | None = None  # when the message or commit in hand was taken up
-        self._stopping = False  # a plain flag: also set from a signal handler
-        self._inbox: queue.Queue[tuple[int, bytes, int]] = queue.Queue(INBOX_DEPTH)
-        self._thread = threading.Thread(target=self._run, name="azaion-applier", daemon=True)
-        self._thread.start()
-
-    @property
-    def running(self) -> bool:
-        return not self._stopping and self.failure is None
-
-    def idle_for(self) -> float:
-        """Seconds with nothing queued, nothing in hand and nothing offered; 0 while busy."""
-        if self.busy_since is not None or not self._inbox.empty():
-            return 0.0
-        return time.monotonic() - self.last_activity
-
-    def healthy(self, stuck_after_s: float) -> bool:
-        """Alive and not stuck: no message or commit in hand for longer than `stuck_after_s`."""
-        busy_since = self.busy_since
-        return self._thread.is_alive() and (busy_since is None or time.monotonic() - busy_since <= stuck_after_s)
-
-    def offer(self, offset: int, data: bytes, timestamp_ms: int) -> bool:
-        """Queue a message; False when the inbox is full (offer it again a moment later)."""
-        try:
-            self._inbox.put_nowait((offset, data, timestamp_ms))
-        except queue.Full:
-            return False
-        self.last_activity = time.monotonic()
-        return True
-
-    def request_stop(self) -> None:
-        """The message being applied is the last one; queued ones stay uncommitted (delivered again)."""
-        self._stopping = True
-
-    def stop(self) -> None:
-        """Stop after the current message and wait for the final commit."""
-        self.request_stop()
-        self._thread.join()
-
-    def _run(self) -> None:
-        try:
-            self._apply_until_stopped()
-        except Exception as exc:  # a bug: end the session (and reconnect) rather than hang it
-            log(logger, logging.ERROR, "the applier failed", error=f"{type(exc).__name__}: {exc}"[:300])
-            self.failure = f"applier failed: {type(exc).__name__}"
-        self._commit()
-
-    def _apply_until_stopped(self) -> None:
-        commit_due: float | None = None  # when the open group must be committed
-        while self.running:
-            timeout = PUMP_INTERVAL_S if commit_due is None else max(0.0, commit_due - time.monotonic())
-            try:
-                offset, data, timestamp_ms = self._inbox.get(timeout=timeout)
-            except queue.Empty:
-                pass
-            else:
-                if not self.running:  # stopped while waiting: this message stays uncommitted
-                    return
-                self._apply(offset, data, timestamp_ms)
-                commit_due = commit_due or time.monotonic() + GROUP_WINDOW_S
-            if self.handler.pending >= COMMIT_EVERY or (commit_due and time.monotonic() >= commit_due):
-                self._commit()
-                commit_due = None
-            self.progress.maybe_log()
-
-    def _apply(self, offset: int, data: bytes, timestamp_ms: int) -> None:
-        self.busy_since = time.monotonic()
-        try:
-            self.handler.handle(offset, data, timestamp_ms)
-        except LOCAL_FAILURES as exc:  # this machine failed (disk, permissions, I/O): nothing is skipped
-            log(logger, logging.ERROR, "could not apply a message (a local failure: disk, permissions or I/O); "
-                "will retry from the last committed offset", offset=offset,
-                error=capped(f"{type(exc).__name__}: {exc}"))
-            self.failure = f"local failure at offset {offset}"
-        except MessageFailed as exc:  # this message trips a fault: retried, quarantined at the last attempt
-            log(logger, logging.WARNING, f"applying a message failed; will retry it from the last committed offset "
-                f"(quarantined after {MAX_ATTEMPTS} attempts)", offset=offset, attempt=exc.attempt, error=exc.error)
-            self.failure = f"message at offset {offset} failed (attempt {exc.attempt} of {MAX_ATTEMPTS})"
-        finally:
-            self.last_activity = time.monotonic()
-            self.busy_since = None
-
-    def _commit(self) -> None:
-        """Commit the fully applied messages; after a failed commit, drop the group (its files
-        converge when the messages are applied again)."""
-        self.busy_since = time.monotonic()
-        try:
-            committed = self.handler.commit()
-        except Exception as exc:
-            self.handler.abandon()
-            log(logger, logging.ERROR, "commit failed; will retry from the last committed offset",
-                error=capped(f"{type(exc).__name__}: {exc}"))
-            self.failure = self.failure or f"commit failed: {type(exc).__name__}"
-            return
-        finally:
-            self.busy_since = None
-        if committed is not None:
-            self.on_commit(committed)
-
-
 class StreamConsumer:
     def __init__(self, settings: Settings, start: StartSpec, exit_when_idle: float | None = None,
-                 create_stream: bool = False, handler: AnnotationHandler | None = None):
+                 create_stream: bool = False, on_commit: Callable[[int], None] | None = None):
         self.settings = settings
         self.rabbit = settings.rabbitmq
         self.stream = self.rabbit.queue_name
@@ -213,14 +91,17 @@ class StreamConsumer:
         self.exit_when_idle = exit_when_idle
         self.create_stream = create_stream
         self.layout = Layout(settings.paths)
-        self.handler = handler or AnnotationHandler(
-            self.layout, Limits(int(self.rabbit.max_image_mb * 1024 * 1024)), self.stream)
-        self.progress = ProgressLog(self.handler.counts)
+        self.limits = Limits(int(self.rabbit.max_image_mb * 1024 * 1024))
+        self.make_handler().close()  # the tree and the index open (or their errors surface) before any session
+        self.counts = IngestCounts()  # of the sessions that ended
+        self.progress = ProgressLog(IngestCounts())
+        self.on_commit = on_commit  # an observer (benchmarks, tests)
         self.committed: int | None = None  # last offset committed by this process
         self.stored: int | None = None  # last offset stored server-side
         self.stop_requested = False  # set from a signal handler
         self.stopped_by = "signal"
-        self._applier: Applier | None = None  # the session's
+        self._failing: tuple[int, int] = (-1, 0)  # the handler's attempts at a failing message, across sessions
+        self._applier: ApplyWorker | None = None  # the session's
         self._delivered: int | None = None  # messages at or below this offset are duplicates
         self._lost: str | None = None
         self._restored = False  # a restore marker is to go once the broker holds our offset
@@ -231,6 +112,10 @@ class StreamConsumer:
 
     # ------------------------------------------------------------ top level
 
+    def make_handler(self) -> AnnotationHandler:
+        """The handler the apply worker runs (built in the worker process)."""
+        return AnnotationHandler(self.layout, self.limits, self.stream)
+
     async def run(self) -> ConsumeResult:
         self._install_signal_handlers()
         watchdog = asyncio.create_task(self._watchdog(self.watchdog_s)) if self.watchdog_s else None
@@ -239,9 +124,9 @@ class StreamConsumer:
         finally:
             if watchdog is not None:
                 watchdog.cancel()
-        self.handler.close()
+        self.progress.counts = self.counts
         self.progress.maybe_log(force=True)
-        return ConsumeResult(self.handler.counts, self.committed, self.stopped_by)
+        return ConsumeResult(self.counts, self.committed, self.stopped_by)
 
     async def _sessions(self) -> None:
         attempt = 0
@@ -266,8 +151,8 @@ class StreamConsumer:
                 await self._sleep(delay)
 
     async def _watchdog(self, timeout_s: float) -> None:
-        """WATCHDOG=1 every timeout_s / 2 while the event loop runs and the applier (when a session
-        has one) is alive and not stuck; a blocked loop or a wedged applier stops the pings."""
+        """WATCHDOG=1 every timeout_s / 2 while the event loop runs and the apply worker (when a
+        session has one) is alive and not stuck; a blocked loop or a wedged worker stops the pings."""
         while True:
             applier = self._applier
             if applier is None or applier.healthy(timeout_s):
@@ -295,6 +180,10 @@ class StreamConsumer:
 
     async def _session(self) -> None:
         self._lost = None
+        # forked first: the worker inherits no connection (it does inherit the instance lock)
+        applier = self._applier = ApplyWorker(self.make_handler, self._on_commit, self._failing).start()
+        if self.stop_requested:  # a signal came before the worker existed
+            applier.request_stop()
         consumer = stream_consumer(self.rabbit, "azaion-consumer", recovery_strategy=BackOffRecoveryStrategy(False),
                                    on_close_handler=self._on_connection_closed)
         try:
@@ -303,26 +192,28 @@ class StreamConsumer:
                 return
             offset_spec = await self._start_position(consumer)
             self._delivered = self.committed
-            self._applier = Applier(self.handler, self.progress, self._on_commit)
             await consumer.subscribe(self.stream, self._on_message, offset_specification=offset_spec,
                                      subscriber_name=self.rabbit.consumer_name, initial_credit=8)
             self.notifier.ready()
             log(logger, logging.INFO, "consuming", stream=self.stream, host=self.rabbit.host,
                 port=self.rabbit.port, start=offset_spec.offset_type.name, offset=offset_spec.offset)
-            await self._pump(consumer, self._applier)
+            await self._pump(consumer, applier)
         finally:
-            if self._applier is not None:
-                self._applier.stop()  # finishes the current message and commits
-                self._applier = None
+            await applier.stop()  # finishes the message in hand and commits
+            self._applier = None
+            self._failing = applier.failing
+            self.counts.add(applier.counts)
+            self.progress.counts = self.counts
             await self._store_offset(consumer, final=True)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.close(), CLOSE_TIMEOUT_S)
 
-    async def _pump(self, consumer: Consumer, applier: Applier) -> None:
+    async def _pump(self, consumer: Consumer, applier: ApplyWorker) -> None:
         """Store the committed offset server-side on a timer until stopped, idle or disconnected."""
         while not self.stop_requested:
             await asyncio.sleep(PUMP_INTERVAL_S)
             await self._store_offset(consumer)
+            self.progress.maybe_log()
             if self._lost or applier.failure:
                 raise SessionEnded(self._lost or applier.failure)
             if self.exit_when_idle is not None and applier.idle_for() >= self.exit_when_idle:
@@ -373,19 +264,24 @@ class StreamConsumer:
     # ------------------------------------------------------------ messages and commits
 
     async def _on_message(self, data: bytes, context: MessageContext) -> None:
-        """rstream's delivery callback: queue the message for the applier. While its inbox is full
-        this waits, and rstream grants the broker no new credit meanwhile: memory stays bounded."""
+        """rstream's delivery callback: pass the message to the apply worker. While its pipe is
+        full this waits, and rstream grants the broker no new credit meanwhile: memory stays bounded."""
         applier = self._applier
         if applier is None or (self._delivered is not None and context.offset <= self._delivered):
             return
-        while applier.running and not self._lost:
-            if applier.offer(context.offset, data, context.timestamp):
-                self._delivered = context.offset
-                return
-            await asyncio.sleep(INBOX_FULL_WAIT_S)
+        if await applier.send(context.offset, data, context.timestamp, lambda: not self._lost):
+            self._delivered = context.offset
 
-    def _on_commit(self, offset: int) -> None:  # called by the applier thread
+    def _on_commit(self, offset: int) -> None:  # the worker reported a commit
         self.committed = offset
+        applier = self._applier
+        if applier is not None:
+            live = IngestCounts()
+            live.add(self.counts)
+            live.add(applier.counts)
+            self.progress.counts = live
+        if self.on_commit is not None:
+            self.on_commit(offset)
 
     async def _store_offset(self, consumer: Consumer, final: bool = False) -> None:
         """Store the last durable offset server-side (never one whose effects are not durable)."""

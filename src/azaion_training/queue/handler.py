@@ -4,8 +4,11 @@ Every message is applied idempotently: each annotation's index row remembers the
 last changed it, so a message seen again (at-least-once delivery, a replay) is skipped, and
 every file operation converges (write-then-rename, rename-over) so re-applying a message whose
 effects were cut short by a crash finishes it. Writes are batched: files are renamed into
-place at once (never visible half-written) and made durable together in `commit()`, which
-then commits the index and only then records the offset (group commit).
+place at once (never visible half-written); the group's index rows are held in memory (every
+lookup sees them) until its files are durable; then the index commits and only then the
+offset is recorded (group commit). `commit()` does all three in turn; the consumer's worker
+(worker.py) calls the steps, `seal()`, `make_durable(group)` and `record(group)`, itself, so
+one group's files are made durable while the next group is applied.
 
 Failures: bad input is quarantined at once (`MessageRejected`). A local failure (`OSError`,
 SQLite errors: disk full, permissions, I/O) is raised: the caller retries from the last commit
@@ -19,7 +22,8 @@ import logging
 import os
 import sqlite3
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -74,6 +78,32 @@ class IngestCounts:
                 "rejected_by_reason": dict(self.rejected), "by_status": dict(self.by_status),
                 "last_offset": self.last_offset}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "IngestCounts":
+        """The counts `as_dict` wrote (the worker process reports them to the consumer)."""
+        return cls(int(data["applied"]), int(data["skipped"]), Counter(data["rejected_by_reason"]),
+                   Counter(data["by_status"]), data["last_offset"])
+
+    def add(self, other: "IngestCounts") -> None:
+        self.applied += other.applied
+        self.skipped += other.skipped
+        self.rejected.update(other.rejected)
+        self.by_status.update(other.by_status)
+        if other.last_offset is not None:
+            self.last_offset = other.last_offset
+
+
+@dataclass
+class Group:
+    """Messages handled since the last seal: what their commit makes durable and records."""
+
+    messages: int
+    last_offset: int | None
+    last_time: str | None
+    rows: dict[str, IndexEntry]  # name -> the index row as the group leaves it
+    files: set[str]
+    dirs: set[str]
+
 
 class AnnotationHandler:
     """Applies stream entries to the tree under one open index transaction per batch."""
@@ -84,12 +114,14 @@ class AnnotationHandler:
         self.stream = stream
         self.record_offset = record_offset  # False for dump replays: their offsets are not this stream's
         self.counts = IngestCounts()
-        self.pending = 0  # messages handled since the last commit
+        self.pending = 0  # messages handled since the last seal
         self._last_handled: int | None = None
         self._last_time: str | None = None
         self._touched: set[str] = set()
         self._dirs: set[str] = set()
-        self._failing: tuple[int, int] = (-1, 0)  # (offset, failed attempts) of the last failing message
+        self._rows: dict[str, IndexEntry] = {}  # index rows of the open group, not yet in the index
+        self._sealed: Group | None = None  # a sealed group not yet recorded: its rows are not in the index yet
+        self.failing: tuple[int, int] = (-1, 0)  # (offset, failed attempts) of the last failing message
         self._areas = {"data": layout.data, "seed": layout.seed, "deleted": layout.deleted}
         # area -> (images dir, labels dir) as strings: Path objects per file were ~7 % of the applier's time
         self._dirs_of = {name: (str(area.images), str(area.labels)) for name, area in self._areas.items()}
@@ -106,13 +138,37 @@ class AnnotationHandler:
         self.index.rollback()
         self.index.close()
 
+    # ------------------------------------------------------------ the index as the groups leave it
+
+    def _entry(self, name: str) -> IndexEntry | None:
+        """`name`'s row: the open group's, else a sealed group's, else the index's."""
+        entry = self._rows.get(name)
+        if entry is None and self._sealed is not None:
+            entry = self._sealed.rows.get(name)
+        return entry if entry is not None else self.index.get(name)
+
+    def _entries(self, names: list[str]) -> dict[str, IndexEntry]:
+        sealed = self._sealed.rows if self._sealed is not None else {}
+        found = {name: entry for name in names if (entry := self._rows.get(name) or sealed.get(name)) is not None}
+        found.update(self.index.get_many([name for name in names if name not in found]))
+        return found
+
+    def _set_areas(self, names: Iterable[str], entries: dict[str, IndexEntry], area: str, status: int,
+                   offset: int) -> None:
+        """As AnnotationIndex.set_areas: a known row gets the new area, status and offset; an
+        unknown name a bare row."""
+        updated_at = now_iso()
+        for name in names:
+            entry = entries.get(name)
+            self._rows[name] = (replace(entry, area=area, status=status, stream_offset=offset, updated_at=updated_at)
+                                if entry is not None else
+                                IndexEntry(name, area, None, None, None, None, None, None, status, offset, updated_at))
+
     # ------------------------------------------------------------ one message
 
     def handle(self, offset: int, data: bytes, timestamp_ms: int = 0) -> str:
         """Apply one stream entry; returns 'applied', 'skipped' or 'rejected'. Raises LOCAL_FAILURES
         (retry from the last commit) and MessageFailed (see the module's docstring)."""
-        if not self.index.in_transaction:
-            self.index.begin()
         try:
             message = self._decode(data)
             outcome = self._apply(message, offset)
@@ -129,11 +185,11 @@ class AnnotationHandler:
 
     def _message_failed(self, offset: int, data: bytes, exc: Exception, timestamp_ms: int) -> str:
         error = capped(f"{type(exc).__name__}: {exc}")
-        attempt = self._failing[1] + 1 if self._failing[0] == offset else 1
-        self._failing = (offset, attempt)
+        attempt = self.failing[1] + 1 if self.failing[0] == offset else 1
+        self.failing = (offset, attempt)
         if attempt < MAX_ATTEMPTS:
             raise MessageFailed(offset, attempt, error) from exc
-        self._failing = (-1, 0)
+        self.failing = (-1, 0)
         return self._quarantine(offset, data, MessageRejected("internal-error", error), timestamp_ms,
                                 level=logging.ERROR)
 
@@ -159,7 +215,7 @@ class AnnotationHandler:
 
     def _save_annotation(self, message: AnnotationMessage, offset: int) -> bool:
         name = message.name
-        entry = self.index.get(name)
+        entry = self._entry(name)
         if entry is not None and entry.stream_offset >= offset:
             return False  # applied before (a duplicate or a replay)
         extensions = probe_extensions(entry, message.image_extension)
@@ -181,7 +237,7 @@ class AnnotationHandler:
         else:
             image_ext = next(iter(self._stored(target, name, extensions)), message.image_extension)
         self._write(labels, name + ".txt", message.label_text().encode())
-        self.index.upsert(IndexEntry(
+        self._rows[name] = (IndexEntry(
             name=name, area=target, source_media=message.original_media_name, role=int(message.created_role),
             source=int(message.source), created_date=message.created_date.isoformat(),
             media_time_us=int(message.time.total_seconds() * 1_000_000), image_ext=image_ext,
@@ -192,7 +248,7 @@ class AnnotationHandler:
         """Validated: seed -> data. Deleted: data/seed -> deleted. One index query per batch of
         names; absent names are a no-op, summed up in one log line."""
         names = list(dict.fromkeys(message.annotation_names))
-        entries = self.index.get_many(names)
+        entries = self._entries(names)
         status = message.status
         target_name = "data" if status is AnnotationStatus.Validated else "deleted"
         moved: list[str] = []
@@ -202,7 +258,7 @@ class AnnotationHandler:
             if entry is not None and entry.stream_offset >= offset:
                 continue  # applied before (a duplicate or a replay)
             (moved if self._move_name(name, entry, status, target_name) else missing).append(name)
-        self.index.set_areas(moved, target_name, int(status), offset, now_iso())
+        self._set_areas(moved, entries, target_name, int(status), offset)
         if missing:
             log(logger, logging.INFO, f"{status.name}: {len(missing)} of {len(names)} annotations not found, "
                 "nothing to do for them", offset=offset, not_found=len(missing), first=missing[:NAMES_SHOWN])
@@ -287,28 +343,56 @@ class AnnotationHandler:
     def commit(self) -> int | None:
         """Make everything handled so far durable, then the index, then the offset. Returns the
         committed offset (None when nothing was pending)."""
+        group = self.seal()
+        if group is None:
+            return None
+        self.make_durable(group)
+        return self.record(group)
+
+    def seal(self) -> Group | None:
+        """Close the open group (None when it is empty); the next message opens a new one. Its
+        rows stay visible to lookups until `record` has written them. One sealed group at a time."""
         if not self.pending:
             return None
-        self._make_durable()
-        if self.record_offset:
-            self.index.set_meta("last_offset", str(self._last_handled))
-            self.index.set_meta("last_message_time", self._last_time or now_iso())
-        self.index.commit()
-        if self.record_offset:
-            write_offset_record(self.layout.offset_file, self.stream, self._last_handled)
-        self._touched.clear()
-        self._dirs.clear()
+        if self._sealed is not None:
+            raise RuntimeError("the previous group is not recorded yet")
+        group = Group(self.pending, self._last_handled, self._last_time, self._rows, self._touched, self._dirs)
+        self._sealed = group
+        self._rows, self._touched, self._dirs = {}, set(), set()
         self.pending = 0
-        return self._last_handled
+        return group
 
-    def _make_durable(self) -> None:
-        make_durable(self.layout.root, self._touched, self._dirs)
+    def make_durable(self, group: Group) -> None:
+        """Make the group's files durable (any thread: system calls only)."""
+        make_durable(self.layout.root, group.files, group.dirs)
+
+    def record(self, group: Group) -> int | None:
+        """Once `group`'s files are durable: its rows into the index (one transaction), then the
+        offset. Returns the group's last offset."""
+        self.index.begin()
+        try:
+            for entry in group.rows.values():
+                self.index.upsert(entry)
+            if self.record_offset:
+                self.index.set_meta("last_offset", str(group.last_offset))
+                self.index.set_meta("last_message_time", group.last_time or now_iso())
+            self.index.commit()
+        except BaseException:
+            self.index.rollback()
+            raise
+        finally:
+            if self._sealed is group:
+                self._sealed = None  # written (or dropped: re-applied from the last commit)
+        if self.record_offset:
+            write_offset_record(self.layout.offset_file, self.stream, group.last_offset)
+        return group.last_offset
 
     def abandon(self) -> None:
-        """Drop the open batch's index changes after a failure (files converge when re-applied)."""
+        """Drop the open and the sealed group after a failure (their files converge when the
+        messages are applied again)."""
         self.index.rollback()
-        self._touched.clear()
-        self._dirs.clear()
+        self._rows, self._touched, self._dirs = {}, set(), set()
+        self._sealed = None
         self.pending = 0
 
 

@@ -195,14 +195,31 @@ def _inflate(body: bytes, limits: Limits, status: AnnotationStatus | None) -> by
     return out
 
 
+# What msgpack's errors mean when they come without a message (FormatError has none).
+_UNPACK_HINTS = {"FormatError": "a byte that starts no MessagePack value (e.g. the reserved 0xc1)",
+                 "StackError": "nested deeper than the decoder allows",
+                 "ExtraData": "more bytes after the first value"}
+
+
+def _unpack_error(exc: Exception, body: bytes) -> str:
+    """`Type: message` of a decoder error, never empty: a bare exception gets what its type means
+    and the body's first bytes, so a rejection record says what to look at."""
+    name = type(exc).__name__
+    text = str(exc).strip()
+    if text:
+        return f"{name}: {text[:120]}"
+    hint = _UNPACK_HINTS.get(name, "the decoder gave no message")
+    return f"{name}: {hint}; body starts {body[:8].hex(' ') or '(empty)'}, {len(body)} bytes"
+
+
 def _unpack(body: bytes, status: AnnotationStatus | None) -> list:
     try:
         size = len(body)  # no length claimed inside may exceed the bytes there are
         fields = msgpack.unpackb(body, raw=False, timestamp=3, strict_map_key=False, max_str_len=size,
                                  max_bin_len=size, max_array_len=size, max_map_len=size // 2, max_ext_len=size)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise MessageRejected("bad-msgpack", f"body is not one MessagePack value ({type(exc).__name__}: "
-                              f"{str(exc)[:120]})", status) from None
+        raise MessageRejected("bad-msgpack", f"body is not one MessagePack value ({_unpack_error(exc, body)})",
+                              status) from None
     if not isinstance(fields, list):
         raise MessageRejected("bad-field", f"body is a MessagePack {type(fields).__name__}, expected an array",
                               status)

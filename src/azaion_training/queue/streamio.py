@@ -30,7 +30,7 @@ from azaion_training.settings import RabbitMQSettings
 
 logger = get_logger("queue")
 # A synthetic scene for sample messages: (JPEG bytes, its boxes). The demo renders them
-# (`azaion_training.demo.scenes`); this module stays free of cv2 and of the demo.
+# (`azaion_training.scenes`); this module stays free of cv2 and of the demo.
 SceneSource = Callable[[int], tuple[bytes, list[NormalizedDetection]]]
 
 

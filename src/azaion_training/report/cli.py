@@ -1,4 +1,4 @@
-"""`azaion report --run RUN` (the HTML report of a training run) and `azaion status`."""
+"""`azaion report RUN` (the HTML report of a training run) and `azaion status`."""
 
 from pathlib import Path
 from typing import Any
@@ -53,14 +53,17 @@ def status_command(as_json: bool = typer.Option(False, "--json", help="Print the
 
 @commands.command("report")
 def report_command(
-    run: str = typer.Option(..., "--run", help="A training run name under models/ or a run directory."),
+    run: str | None = typer.Argument(None, metavar="RUN", show_default=False,
+                                     help="A training run name under models/ or a run directory."),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default: RUN_DIR/report)."),
+    run_option: str | None = typer.Option(None, "--run", hidden=True, help="Deprecated: the run, positional now."),
 ) -> None:
     """Write the HTML report (curves, per-class AP, PR curve, test predictions) of a training run."""
-    from azaion_training.cli_support import layout, settings
+    from azaion_training.cli_support import layout, run_argument, settings
     from azaion_training.report.build import ReportInputs, build_report
     from azaion_training.training.runs import find_run
 
+    run = run_argument(run, run_option, "azaion report RUN", "--run")
     run_dir = find_run(layout(), run).path
     if not (run_dir / "results.csv").is_file():
         raise InputError(f"training run {run!r} has no results.csv ({run_dir}): nothing to report yet")

@@ -111,14 +111,21 @@ def _read_json(path: Path, root: Path | None = None) -> dict | None:
 
 
 def latest_dataset(layout: Layout) -> dict[str, Any] | None:
-    """The dataset training uses when none is named (DatasetDir.latest)."""
+    """The dataset training uses when none is named (DatasetDir.latest: the newest complete
+    azaion-YYYY-MM-DD[-N]); with none of those, the newest complete dataset of any other name
+    (`dataset form --name`), marked `"default": false` since training takes it only when named."""
     newest = DatasetDir.latest(layout.datasets)
+    default = newest is not None
+    if newest is None and layout.datasets.is_dir():
+        others = [DatasetDir(p) for p in layout.datasets.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        others = [d for d in others if d.is_complete()]
+        newest = max(others, key=lambda d: d.data_yaml.stat().st_mtime, default=None)
     if newest is None:
         return None
     splits = {split: len(newest.images(split)) for split in SPLITS}
     manifest = _read_json(newest.manifest, layout.root) or {}
     return {"name": newest.name, "path": str(newest.root), "images": splits,
-            "created": manifest.get("created"), "seed": manifest.get("seed")}
+            "created": manifest.get("created"), "seed": manifest.get("seed"), "default": default}
 
 
 def run_metrics(run_dir: Path, root: Path | None = None) -> dict[str, Any]:

@@ -18,11 +18,11 @@ from azaion_training.errors import InputError, OperationFailed
 from azaion_training.fsutil import durable_move
 from azaion_training.labels import LabelError, label_path_for, read_label_file
 from azaion_training.layout import DatasetDir, Layout
-from azaion_training.lifecycle.weights import load_weights_only
 from azaion_training.logs import get_logger, log
 from azaion_training.metrics import map50
 from azaion_training.settings import Settings
 from azaion_training.training.runs import RunRecord, export_key, latest_run, run_of_weights
+from azaion_training.training.weights import load_weights_only
 
 logger = get_logger("export")
 

@@ -13,9 +13,9 @@ from typing import Any
 from azaion_training.errors import AzaionError
 from azaion_training.labels import LabelError, label_path_for, read_label_file
 from azaion_training.layout import DatasetDir, Layout, image_files
-from azaion_training.lifecycle.weights import checked_start_weights, resolve_training_model
 from azaion_training.settings import Settings
 from azaion_training.training.train import TrainRequest, model_source, use_amp
+from azaion_training.training.weights import checked_start_weights, resolve_training_model
 
 GIB = 1024**3
 TRAINING_SPLITS = ("train", "valid")  # the splits training cannot do without
@@ -99,7 +99,7 @@ def _available_memory() -> int:
 
 def check_weights(spec: str, what: str = "TRAINING_MODEL", layout: Layout | None = None) -> tuple[Check, Any]:
     """Load the weights the way training will: checked weights-only, then Ultralytics loads the
-    checked private copy (lifecycle/weights.py); the copy lives in a temp dir, gone afterwards."""
+    checked private copy (training/weights.py); the copy lives in a temp dir, gone afterwards."""
     try:
         from ultralytics import YOLO
 

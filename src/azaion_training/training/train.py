@@ -26,11 +26,11 @@ from typing import Any
 from azaion_training.errors import AzaionError, ConfigError, InputError, OperationFailed
 from azaion_training.fsutil import atomic_write_text
 from azaion_training.layout import DatasetDir, Layout
-from azaion_training.lifecycle.weights import checked_start_weights, load_weights_only, resolve_training_model
 from azaion_training.locks import InstanceLock
 from azaion_training.logs import get_logger, log
 from azaion_training.settings import Settings, TrainingSettings, overridden
 from azaion_training.training.runs import RUN_PREFIX, RunRecord, find_run, run_of_weights
+from azaion_training.training.weights import checked_start_weights, load_weights_only, resolve_training_model
 
 logger = get_logger("training")
 
@@ -337,7 +337,7 @@ def train(settings: Settings, request: TrainRequest) -> TrainResult:
             split_generation=split_generation(data_yaml.parent), epochs=arguments["epochs"],
             batch=arguments["batch"], imgsz=arguments["imgsz"], device=arguments["device"] or "auto",
             hyperparameters=dict(request.hyperparameters), command=sys.argv[1:])
-        # checked weights-only, and Ultralytics loads that checked copy (<run>/start.pt, lifecycle/weights.py)
+        # checked weights-only, and Ultralytics loads that checked copy (<run>/start.pt, training/weights.py)
         start = checked_start_weights(source, record.path, what, layout)
         warn_older_generation(parent, record.split_generation)
         log(logger, logging.INFO, "training started", run=record.run, mode=record.mode, model=record.model,
@@ -353,7 +353,7 @@ def resumable_checkpoint(run_dir: Path) -> tuple[Path, int, int]:
     last = run_dir / "weights" / "last.pt"
     if not last.is_file():
         raise InputError(f"run {run_dir.name} has no checkpoint {last}: nothing to resume; start a new run")
-    # weights-only; Ultralytics' resume then reopens this file in our own run directory (lifecycle/weights.py)
+    # weights-only; Ultralytics' resume then reopens this file in our own run directory (training/weights.py)
     checkpoint = load_weights_only(last, f"resume of {run_dir.name}: {last}")
     epochs = int((checkpoint.get("train_args") or {}).get("epochs", 0))
     done = int(checkpoint.get("epoch", -1)) + 1

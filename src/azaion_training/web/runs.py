@@ -17,7 +17,7 @@ from azaion_training.report.status import run_metrics
 from azaion_training.rootfiles import is_file_inside, read_text_inside
 from azaion_training.training.runs import RUN_RECORD, RunRecord, is_run_dir
 
-REPORT_DIR = "report"  # where `azaion report --run RUN` writes by default
+REPORT_DIR = "report"  # where `azaion report RUN` writes by default
 
 
 def _read_json(layout: Layout, path: Path) -> dict[str, Any] | None:

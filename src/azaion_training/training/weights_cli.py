@@ -1,4 +1,4 @@
-"""`azaion weights pull NAME`: base weights into models/base/ (lifecycle/weights.py)."""
+"""`azaion weights pull NAME`: base weights into models/base/ (training/weights.py)."""
 
 import typer
 
@@ -21,7 +21,7 @@ def pull_command(name: str = typer.Argument(..., help="Weights file name, e.g. y
     sha256 matches the known one (--sha256, the shipped weights.lock, or the hash recorded by an
     earlier pull; with none known only with --trust-on-first-use) and it loads weights-only as an
     Ultralytics checkpoint. A bare TRAINING_MODEL such as yolo26m.pt then resolves there."""
-    from azaion_training.lifecycle.weights import pull
+    from azaion_training.training.weights import pull
 
     result = pull(settings(), name, sha256=sha256, trust_on_first_use=trust_on_first_use)
     if as_json:
