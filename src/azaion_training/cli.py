@@ -11,7 +11,6 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
-from typer._click.exceptions import ClickException  # Typer vendors Click: not `click`'s
 
 from azaion_training.analysis import cli as analysis_cli
 from azaion_training.cli_support import console, err_console, print_json, state
@@ -39,6 +38,9 @@ config_app = typer.Typer(no_args_is_help=True, help="Render and check config.yam
 app.add_typer(config_app, name="config")
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Typer vendors Click and exports its usage errors (typer.BadParameter) but not their base class,
+# whose `show()` prints the usage line: found through the public class, never a private module.
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 # Every stage's `commands` Typer, merged into `azaion`. The stage CLI modules are the top layer:
 # they may import any stage package; no stage package imports a CLI module (tests/unit/test_imports.py).

@@ -144,3 +144,54 @@ def file_sha256(path: Path) -> str:
         while chunk := handle.read(4 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_jsonl(path: Path, what: str) -> list[dict]:
+    """The JSON lines of an append-only history, oldest first. A last line torn by a crash
+    mid-append (no newline, not JSON) is left out with a warning; any other bad line is an
+    InputError naming the file, line and `what` it is."""
+    import json
+    import logging
+
+    from azaion_training.errors import InputError
+    from azaion_training.logs import get_logger, log
+
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number == len(lines) and not text.endswith("\n"):
+                log(get_logger("fsutil"), logging.WARNING, "ignoring a torn last line (a crash mid-append)",
+                    path=str(path))
+                continue
+            raise InputError(f"{path}:{number} is not a JSON line: {what} is damaged; fix or remove that line "
+                             "by hand") from None
+    return records
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line durably (fsync); a line torn by an earlier crash gets a newline first,
+    so the new record is never glued onto it. Creates the folder (durably) when missing."""
+    import json
+
+    created = not path.parent.is_dir()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+", encoding="utf-8") as handle:
+        handle.seek(0, os.SEEK_END)
+        torn = False
+        if handle.tell() > 0:
+            with path.open("rb") as raw:
+                raw.seek(-1, os.SEEK_END)
+                torn = raw.read(1) != b"\n"
+        handle.write(("\n" if torn else "") + json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    if created:
+        fsync_dir(path.parent.parent)

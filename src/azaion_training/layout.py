@@ -84,6 +84,50 @@ def image_files(directory: Path) -> list[Path]:
 
 
 @dataclass(frozen=True)
+class RunDir:
+    """A training run's directory: Ultralytics' files (weights/, results.csv, args.yaml) and ours
+    (run.json, the checked start weights, export/) (docs/model-registry.md)."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def record(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "weights"
+
+    @property
+    def best(self) -> Path:
+        return self.weights / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        return self.weights / "last.pt"
+
+    @property
+    def start_weights(self) -> Path:
+        return self.root / "start.pt"  # the checked private copy training loads (training/weights.py)
+
+    @property
+    def results_csv(self) -> Path:
+        return self.root / "results.csv"
+
+    @property
+    def args_yaml(self) -> Path:
+        return self.root / "args.yaml"
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "export"
+
+
+@dataclass(frozen=True)
 class DatasetDir:
     """A formed dataset: <split>/{images,labels} for each of SPLITS, manifest.json and data.yaml,
     written last (a dataset without it is incomplete: never used, never the latest)."""
@@ -165,6 +209,12 @@ class Layout:
         self.model_cache = self.models / "cache"  # fetched big parts (CDN_CACHE_DIR overrides it)
         # the newest manifest version fetched per target, folder and name (no silent downgrade)
         self.seen_versions = self.models / "seen-versions.json"
+        self.cycle_dir = self.models / "cycle"  # `azaion cycle` (lifecycle/cycle.py)
+        self.cycle_state = self.cycle_dir / "state.json"  # the step in progress
+        self.cycle_history = self.cycle_dir / "history.jsonl"  # one line per finished cycle
+        self.engines = self.models / "engines"  # TensorRT engines built from ONNX, per GPU model
+        self.health_reading = self.queue_state / "health-offset.yaml"  # the previous `azaion health` progress reading
+        self.health_alert_state = self.queue_state / "health-alert.json"  # checks failing at the last alert
         self.classes_json = self.root / "classes.json"
         self.analysis = self.root / "analysis"  # error analysis (analysis/, docs/error-analysis.md)
         self.predictions = self.analysis / "predictions"  # detections cache, one folder per ONNX

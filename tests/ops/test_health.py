@@ -15,7 +15,7 @@ import pytest
 import yaml
 from rstream import Producer
 
-from azaion_training.ops.health import CHECK_NAMES, PREVIOUS_READING_FILE, HealthOptions, run_health
+from azaion_training.ops.health import CHECK_NAMES, HealthOptions, run_health
 from azaion_training.settings import load_settings
 from tests.conftest import run_azaion
 from tests.services.rabbitmq import free_port
@@ -143,7 +143,7 @@ def test_progress_against_a_live_stream(monkeypatch, stream_env, layout):
 
     idle = progress(monkeypatch, stream_env)  # unchanged and old, but nothing after offset 2
     assert idle["status"] == "ok" and idle["data"]["pending"] is False and "nothing pending" in idle["detail"]
-    previous = yaml.safe_load((layout.queue_state / PREVIOUS_READING_FILE).read_text())
+    previous = yaml.safe_load((layout.health_reading).read_text())
     assert previous["offset"] == 2 and previous["stream"] == stream
 
 
@@ -165,7 +165,7 @@ def test_onlooker_health_records_no_reading(monkeypatch, root, layout):
     write_offset(layout, "azaion-annotations", 9, timedelta(minutes=1))
     looked = progress(monkeypatch, env, record_reading=False)
     assert "advanced 3 -> 9" in looked["detail"]
-    assert yaml.safe_load((layout.queue_state / PREVIOUS_READING_FILE).read_text())["offset"] == 3
+    assert yaml.safe_load((layout.health_reading).read_text())["offset"] == 3
     assert "advanced 3 -> 9" in progress(monkeypatch, env)["detail"]  # the cron job still sees the advance
 
 

@@ -24,6 +24,7 @@ from azaion_training.annotation_index import read_source_media
 from azaion_training.classes import model_class_names
 from azaion_training.dataset.augment import AugmentJob, run_jobs
 from azaion_training.dataset.check_cache import cache_file
+from azaion_training.dataset.manifest import DatasetManifest, write_manifest
 from azaion_training.dataset.sources import BadPair, CheckedPair, check_pairs_later_cached, in_chunks, scan_pairs
 from azaion_training.dataset.split import SplitItem
 from azaion_training.dataset.split_registry import SplitRegistry
@@ -191,17 +192,13 @@ def form_dataset(settings: Settings, name: str | None = None, seed: int = 0, spl
                                                                      remember_checks)
     if not good:
         warnings.append(f"no annotations in {layout.data.root}: the dataset is empty")
-    manifest = {
-        "name": dataset.name, "created": datetime.now().isoformat(timespec="seconds"),
-        "source": str(layout.data.root), "seed": seed, "split": dict(zip(SPLITS, split, strict=True)),
-        "split_generation": sticky.generation,
-        "augmented": augment, "link_method": method, "counts": counts, "sources": sources,
-        "class_histogram": histogram,
-        "corrupted": {"count": len(bad), "examples": examples},
-    }
+    manifest = DatasetManifest(
+        name=dataset.name, created=datetime.now().isoformat(timespec="seconds"), source=str(layout.data.root),
+        seed=seed, split=dict(zip(SPLITS, split, strict=True)), split_generation=sticky.generation,
+        augmented=augment, link_method=method, counts=counts, sources=sources, class_histogram=histogram,
+        corrupted={"count": len(bad), "examples": examples})
     formed = DatasetDir(dataset)
-    # "files" comes last, already encoded (while the files were being linked)
-    atomic_write_text(formed.manifest, f'{json.dumps(manifest, ensure_ascii=False)[:-1]}, "files": {files_json}}}')
+    write_manifest(formed.manifest, manifest, files_json)  # files already encoded while they were linked
     formed.write_data_yaml(model_class_names(layout.classes_json))
     result = FormResult(dataset, formed.data_yaml, formed.manifest, counts, sources, len(bad), examples,
                         sum(1 for c in good if c.pair.name in augmented and assignment[c.pair.name] == "train"),

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from azaion_training.errors import OperationFailed
@@ -38,7 +39,18 @@ def part_names(name: str) -> tuple[str, str, str]:
     """The plain small part, big part and manifest resource names of a published model. The
     plain part names are what format-2 manifests name, what models published by other tooling
     use, and what a publish keeps a copy under for the Azaion platform's own loaders."""
-    return f"{name}.small", f"{name}.big", f"{name}.manifest.json"
+    return f"{name}.small", f"{name}.big", f"{name}{MANIFEST_SUFFIX}"
+
+
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+def local_manifests(published: Path) -> list[Path]:
+    """The local copies of publish manifests under `published` (layout.published: one folder per
+    resource folder), whatever the model names."""
+    if not published.is_dir():
+        return []
+    return sorted(p for p in published.glob(f"*/*{MANIFEST_SUFFIX}") if p.is_file() or p.is_symlink())
 
 
 def version_part_names(name: str, version: int) -> tuple[str, str]:

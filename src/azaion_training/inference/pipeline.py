@@ -28,6 +28,7 @@ from azaion_training.images import IMAGE_SUFFIXES
 from azaion_training.inference.engines import Engine
 from azaion_training.inference.nms import remove_overlaps
 from azaion_training.layout import Layout, is_safe_name
+from azaion_training.layout import image_files as folder_images
 from azaion_training.logs import get_logger, log
 from azaion_training.progress import Progress
 from azaion_training.settings import Settings, overridden
@@ -36,7 +37,7 @@ logger = get_logger("inference")
 
 MAX_DETECTIONS = 300  # per frame, as Ultralytics' max_det
 PAD_VALUE = 114
-ENGINE_KINDS = ("auto", "onnx", "tensorrt")
+ENGINE_KINDS = ("auto", "onnx", "tensorrt", "openvino", "rknn")
 
 
 @dataclass(frozen=True)
@@ -233,8 +234,10 @@ class VideoSource:
 
 
 def image_files(source: Path) -> list[Path]:
+    """The images to run on: `source` itself, or the images of a folder by the tree's one rule
+    (layout.image_files: hidden and temp files left out)."""
     if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = folder_images(source)
         if not files:
             raise InputError(f"{source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return files
@@ -362,11 +365,17 @@ def model_bytes(settings: Settings, model: str | Path, target: str | None,
 
 def load_engine(settings: Settings, data: bytes, is_plan: bool, batch: int, kind: str = "auto") -> Engine:
     """ONNX Runtime, or TensorRT on a GPU (a TensorRT plan as is; an ONNX model converted once
-    per GPU and cached). `batch` 0: the engine's own choice."""
+    per GPU and cached); an edge archive (docs/edge.md) on the engine its format names: OpenVINO,
+    or RKNN where rknn-toolkit-lite2 is installed (a Rockchip board). `--engine openvino` also
+    runs an ONNX model. `batch` 0: the engine's own choice."""
     from azaion_training.inference import engines
 
     if kind not in ENGINE_KINDS:
         raise InputError(f"engine {kind!r} is not one of {', '.join(ENGINE_KINDS)}")
+    archive = engines.read_edge_archive(data)
+    edge = archive[1].get("format") if archive else None
+    if edge is not None or kind in ("openvino", "rknn"):
+        return _edge_engine(settings, data, edge, batch, kind)
     wants_trt = kind == "tensorrt" or is_plan or (kind == "auto" and engines.tensorrt_available())
     if wants_trt and not engines.tensorrt_available():
         raise InputError("TensorRT needs an NVIDIA GPU and the tensorrt package; use --engine onnx "
@@ -374,9 +383,31 @@ def load_engine(settings: Settings, data: bytes, is_plan: bool, batch: int, kind
     if is_plan:
         return engines.TensorRTEngine(data, batch_size=batch)
     if wants_trt:
-        return engines.tensorrt_from_onnx(data, Layout(settings.paths).models / "engines", batch or engines.GPU_BATCH)
+        return engines.tensorrt_from_onnx(data, Layout(settings.paths).engines, batch or engines.GPU_BATCH)
     return engines.OnnxEngine(data, threads=settings.inference.threads, batch_size=batch or None,
                               workers=settings.inference.workers)
+
+
+def _edge_engine(settings: Settings, data: bytes, edge: str | None, batch: int, kind: str) -> Engine:
+    from azaion_training.inference import engines
+
+    wanted = edge if kind == "auto" else kind
+    if edge is not None and wanted != edge:
+        raise InputError(f"the model is a {edge} edge archive, which the {kind} engine cannot run: use --engine "
+                         f"{edge} (or auto)")
+    if wanted == "rknn":
+        if edge != "rknn":
+            raise InputError("the rknn engine runs an RKNN edge archive (`azaion export --formats rknn`), not this "
+                             "model")
+        if not engines.rknn_lite_available():
+            raise InputError("an RKNN model runs on a Rockchip board's NPU with rknn-toolkit-lite2, which is not "
+                             "installed here (docs/edge.md, \"On the board\"); on this machine use the ONNX or "
+                             "OpenVINO model")
+        return engines.RknnLiteEngine(data)
+    if not engines.openvino_available():
+        raise InputError("the openvino engine needs the openvino package: pip install -r requirements.txt")
+    return engines.OpenVinoEngine(data, threads=settings.inference.threads, batch_size=batch or None,
+                                  workers=settings.inference.workers)
 
 
 def _colours(settings: Settings) -> dict[int, tuple[int, int, int]]:

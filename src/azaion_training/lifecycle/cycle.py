@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from azaion_training.errors import InputError
-from azaion_training.fsutil import atomic_write_text
+from azaion_training.fsutil import append_jsonl, atomic_write_text, read_jsonl
 from azaion_training.layout import Layout
 from azaion_training.lifecycle.registry import production, target_key
 from azaion_training.locks import InstanceLock
@@ -51,11 +51,11 @@ class CycleState:
 
 
 def cycle_dir(layout: Layout) -> Path:
-    return layout.models / "cycle"
+    return layout.cycle_dir
 
 
 def _state_path(layout: Layout) -> Path:
-    return cycle_dir(layout) / "state.json"
+    return layout.cycle_state
 
 
 def load_state(layout: Layout) -> CycleState | None:
@@ -70,18 +70,11 @@ def _save(layout: Layout, state: CycleState) -> None:
 
 
 def cycle_history(layout: Layout) -> list[dict[str, Any]]:
-    path = cycle_dir(layout) / "history.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(layout.cycle_history, "the cycle history")
 
 
 def _append_history(layout: Layout, entry: dict[str, Any]) -> None:
-    path = cycle_dir(layout) / "history.jsonl"
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry, default=str) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_jsonl(layout.cycle_history, entry)
 
 
 def validated_names(layout: Layout) -> set[str]:
@@ -98,16 +91,13 @@ def validated_count(layout: Layout) -> int:
 
 def trained_names(dataset: str | None) -> set[str]:
     """The annotations a dataset holds (its manifest's files), empty when it is gone."""
+    from azaion_training.dataset.manifest import read_manifest
     from azaion_training.layout import DatasetDir
 
     if not dataset:
         return set()
-    manifest = DatasetDir(Path(dataset)).manifest
-    try:
-        files = json.loads(manifest.read_text(encoding="utf-8")).get("files", [])
-    except (OSError, ValueError):
-        return set()
-    return {f["annotation"] for f in files if isinstance(f, dict) and f.get("annotation")}
+    manifest = read_manifest(DatasetDir(Path(dataset)).manifest)
+    return manifest.annotations() if manifest else set()
 
 
 def reference_run(layout: Layout, target: str, settings: Settings | None = None):

@@ -31,7 +31,7 @@ from typing import Any
 from azaion_training.distribution.faults import fault_point
 from azaion_training.distribution.targets import AZAION, target_identity, target_to_open
 from azaion_training.errors import ConfigError, InputError, OperationFailed
-from azaion_training.fsutil import atomic_write_text, file_sha256, fsync_dir
+from azaion_training.fsutil import append_jsonl, atomic_write_text, file_sha256, fsync_dir, read_jsonl
 from azaion_training.layout import Layout, checked_name
 from azaion_training.locks import InstanceLock
 from azaion_training.logs import get_logger, log
@@ -90,26 +90,10 @@ def read_history(layout: Layout, folder: str = FOLDER, settings: Any = None) -> 
     """Every event, oldest first, its `target` normalised to the target's identity. A last line
     torn by a crash mid-append (no newline, not JSON) is left out: its publish is still pending
     and recover_pending() appends it again."""
-    path = history_path(layout, folder)
-    if not path.is_file():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    events = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            if number == len(lines) and not text.endswith("\n"):
-                log(logger, logging.WARNING, "ignoring a torn last history line (a crash mid-append)", path=str(path))
-                continue
-            raise InputError(f"{path}:{number} is not a JSON line: the promotion history is damaged; "
-                             "fix or remove that line by hand") from None
+    events = read_jsonl(history_path(layout, folder), "the promotion history")
+    for event in events:
         if isinstance(event, dict) and event.get("target"):
             event["target"] = event_target(event, settings)
-        events.append(event)
     return events
 
 
@@ -122,20 +106,7 @@ def append_event(layout: Layout, event: dict[str, Any], folder: str = FOLDER) ->
             if existing.get("id") == event["id"]:
                 return existing
     event = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "by": operator(), **event}
-    created = not path.parent.is_dir()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+", encoding="utf-8") as handle:
-        handle.seek(0, os.SEEK_END)
-        torn = False
-        if handle.tell() > 0:  # a line torn by a crash mid-append gets its own line, not ours glued on
-            with path.open("rb") as raw:
-                raw.seek(-1, os.SEEK_END)
-                torn = raw.read(1) != b"\n"
-        handle.write(("\n" if torn else "") + json.dumps(event, ensure_ascii=False, default=str) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    if created:
-        fsync_dir(path.parent.parent)
+    append_jsonl(path, event)
     return event
 
 

@@ -27,7 +27,6 @@ from azaion_training.ops.health import HealthReport
 from azaion_training.settings import AlertSettings, Settings
 
 logger = get_logger("ops.alerts")
-STATE_FILE = "health-alert.json"  # in queue-state/, next to health-offset.yaml
 DETAIL_MAX = 300
 MESSAGE_MAX = 2000
 
@@ -93,8 +92,8 @@ def alert_on_health(settings: Settings, report: HealthReport) -> None:
     webhook it does nothing: the health lines already say what fails."""
     if not settings.alerts.webhook_url.strip():
         return
-    state_dir = Layout(settings.paths).queue_state
-    state_file = state_dir / STATE_FILE
+    layout = Layout(settings.paths)
+    state_dir, state_file = layout.queue_state, layout.health_alert_state
     previous = _read_failing(state_file)
     ran = {check.name: check for check in report.checks}
     failing = {name for name, check in ran.items() if check.status == "fail"}

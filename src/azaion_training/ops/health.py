@@ -25,7 +25,6 @@ from azaion_training.settings import Settings, load_settings, overridden
 
 Status = Literal["ok", "warn", "fail", "n/a"]
 CHECK_NAMES = ("config", "broker", "disk", "gpu", "progress", "backup")
-PREVIOUS_READING_FILE = "health-offset.yaml"  # in queue-state/, next to offset.yaml
 PENDING_PROBE_S = 3.0
 MIN_TRAINING_VRAM_MIB = 24 * 1024  # training needs >= 24 GB of GPU memory (the training host's stated minimum)
 
@@ -184,7 +183,7 @@ def check_progress(settings: Settings, options: HealthOptions, now: datetime) ->
     layout = Layout(settings.paths)
     stream = settings.rabbitmq.queue_name
     current = read_offset_record(layout.offset_file)
-    previous_file = layout.queue_state / PREVIOUS_READING_FILE
+    previous_file = layout.health_reading
     previous = read_offset_record(previous_file)
     if current is not None and layout.queue_state.is_dir() and options.record_reading:
         write_offset_record(previous_file, current.stream, current.offset, now)

@@ -17,7 +17,7 @@ import yaml
 
 from azaion_training.classes import load_classes
 from azaion_training.fsutil import atomic_write_text
-from azaion_training.layout import SPLITS, DatasetDir, Layout
+from azaion_training.layout import SPLITS, DatasetDir, Layout, RunDir
 from azaion_training.logs import get_logger
 from azaion_training.report import html, plots
 from azaion_training.report.evaluate import Evaluation, evaluate, predictions_vs_truth
@@ -52,7 +52,7 @@ class ReportResult:
 
 def run_dataset(run_dir: Path) -> tuple[Path | None, int]:
     """(data.yaml, imgsz) the run was trained with, from Ultralytics' args.yaml."""
-    args_file = run_dir / "args.yaml"
+    args_file = RunDir(run_dir).args_yaml
     args = yaml.safe_load(args_file.read_text(encoding="utf-8")) if args_file.is_file() else {}
     data = Path(args["data"]) if args.get("data") else None
     return (data if data and data.is_file() else None), int(args.get("imgsz") or 640)
@@ -64,7 +64,7 @@ def split_class_counts(dataset_dir: Path, names: dict[int, str]) -> dict[str, di
 
 
 def best_weights(run_dir: Path) -> Path | None:
-    for candidate in (run_dir / "weights" / "best.pt", run_dir / "weights" / "last.pt"):
+    for candidate in (RunDir(run_dir).best, RunDir(run_dir).last):
         if candidate.is_file():
             return candidate
     return None
@@ -122,7 +122,7 @@ def build_report(settings: Settings, inputs: ReportInputs, out_dir: Path) -> Rep
         sections.append(("Dataset", html.paragraph(f"{data_yaml.parent}") + html.table(split_rows)
                          + html.figure(pngs[-1].name, "Boxes per class in each split")))
 
-    results = plots.read_results_csv(inputs.run_dir / "results.csv")
+    results = plots.read_results_csv(RunDir(inputs.run_dir).results_csv)
     pngs.append(plots.training_curves(results, out_dir / "training_curves.png"))
     sections.append(("Training", html.key_values({"run": str(inputs.run_dir), **run_metrics(inputs.run_dir),
                                                    **inputs.extra})

@@ -7,6 +7,7 @@ import typer
 
 from azaion_training.cli_support import console, print_json
 from azaion_training.errors import InputError
+from azaion_training.layout import RunDir
 
 commands = typer.Typer()  # cli.py merges every stage's `commands` into `azaion`
 
@@ -65,7 +66,7 @@ def report_command(
 
     run = run_argument(run, run_option, "azaion report RUN", "--run")
     run_dir = find_run(layout(), run).path
-    if not (run_dir / "results.csv").is_file():
+    if not RunDir(run_dir).results_csv.is_file():
         raise InputError(f"training run {run!r} has no results.csv ({run_dir}): nothing to report yet")
     result = build_report(settings(), ReportInputs(run_dir=run_dir, title=f"Training run {run_dir.name}"),
                           out or run_dir / "report")

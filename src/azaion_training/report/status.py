@@ -9,8 +9,10 @@ from typing import Any
 
 from azaion_training.annotation_index import reading as reading_index
 from azaion_training.classes import load_classes
+from azaion_training.dataset.manifest import DatasetManifest, read_manifest
+from azaion_training.distribution.manifest import local_manifests
 from azaion_training.labels import LabelError, parse_line
-from azaion_training.layout import SPLITS, Area, DatasetDir, Layout, image_files
+from azaion_training.layout import SPLITS, Area, DatasetDir, Layout, RunDir, image_files
 from azaion_training.queue.offsets import read_offset_record
 from azaion_training.report.plots import read_results_csv
 from azaion_training.rootfiles import is_file_inside, read_text_inside
@@ -123,15 +125,15 @@ def latest_dataset(layout: Layout) -> dict[str, Any] | None:
     if newest is None:
         return None
     splits = {split: len(newest.images(split)) for split in SPLITS}
-    manifest = _read_json(newest.manifest, layout.root) or {}
+    manifest = read_manifest(newest.manifest, lambda path: _text(path, layout.root)) or DatasetManifest()
     return {"name": newest.name, "path": str(newest.root), "images": splits,
-            "created": manifest.get("created"), "seed": manifest.get("seed"), "default": default}
+            "created": manifest.created, "seed": manifest.seed, "default": default}
 
 
 def run_metrics(run_dir: Path, root: Path | None = None) -> dict[str, Any]:
     """Final and best validation metrics from an Ultralytics run's results.csv (with `root`: only
     a regular file inside it)."""
-    results_csv = run_dir / "results.csv"
+    results_csv = RunDir(run_dir).results_csv
     if not results_csv.is_file() or (root is not None and not is_file_inside(root, results_csv)):
         return {}
     results = read_results_csv(results_csv)
@@ -157,11 +159,8 @@ def latest_model(layout: Layout) -> dict[str, Any] | None:
 
 
 def last_publish(layout: Layout) -> dict[str, Any] | None:
-    """The newest publish manifest under models/ (written by `azaion publish`)."""
-    if not layout.models.is_dir():
-        return None
-    manifests = [p for p in layout.models.rglob("*.json") if "manifest" in p.name and "publish" in str(p)]
-    newest = max(manifests, key=lambda p: p.stat().st_mtime, default=None)
+    """The newest local copy of a publish manifest (models/published/<folder>/, written by every publish)."""
+    newest = max(local_manifests(layout.published), key=lambda p: p.lstat().st_mtime, default=None)
     if newest is None:
         return None
     data = _read_json(newest, layout.root) or {}

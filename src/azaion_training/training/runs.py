@@ -13,7 +13,7 @@ from typing import Any
 
 from azaion_training.errors import InputError
 from azaion_training.fsutil import atomic_write_text
-from azaion_training.layout import Layout, is_safe_name
+from azaion_training.layout import Layout, RunDir, is_safe_name
 
 RUN_PREFIX = "azaion-"
 RUN_RECORD = "run.json"
@@ -59,11 +59,11 @@ class RunRecord:
 
     @property
     def best_weights(self) -> Path:
-        return self.path / "weights" / "best.pt"
+        return RunDir(self.path).best
 
     @property
     def last_weights(self) -> Path:
-        return self.path / "weights" / "last.pt"
+        return RunDir(self.path).last
 
     @property
     def onnx_path(self) -> Path:
@@ -75,7 +75,7 @@ class RunRecord:
         """The image size the run trained at (its record, else Ultralytics' args.yaml)."""
         if self.imgsz:
             return int(self.imgsz)
-        args = self.path / "args.yaml"
+        args = RunDir(self.path).args_yaml
         if args.is_file():
             import yaml
 
@@ -134,7 +134,7 @@ def export_key(imgsz: int, opset: int | None) -> str:
 
 
 def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / RUN_RECORD).is_file() or (path / "results.csv").is_file())
+    return path.is_dir() and ((path / RUN_RECORD).is_file() or RunDir(path).results_csv.is_file())
 
 
 def list_runs(layout: Layout) -> list[RunRecord]:

@@ -12,7 +12,6 @@ SIGTERM stops the run cleanly: the current batch ends, the epoch is validated an
 the optimizer state from `last.pt` and make it unresumable).
 """
 
-import json
 import logging
 import os
 import signal
@@ -23,9 +22,10 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from azaion_training.dataset.manifest import read_manifest
 from azaion_training.errors import AzaionError, ConfigError, InputError, OperationFailed
 from azaion_training.fsutil import atomic_write_text
-from azaion_training.layout import DatasetDir, Layout
+from azaion_training.layout import DatasetDir, Layout, RunDir
 from azaion_training.locks import InstanceLock
 from azaion_training.logs import get_logger, log
 from azaion_training.settings import Settings, TrainingSettings, overridden
@@ -170,7 +170,7 @@ def train_arguments(settings: Settings, layout: Layout, request: TrainRequest, d
         "exist_ok": True,  # run_name is fresh (next_run_name under the training lock); run.json is already there
         "amp": use_amp(device),
         "plots": cfg.plots,
-        "cache": False if cfg.cache == "none" else cfg.cache,  # TRAINING_CACHE (README: Training)
+        "cache": False if cfg.cache == "none" else cfg.cache,  # TRAINING_CACHE (docs/training.md)
         "verbose": False,
         **request.hyperparameters,
     }
@@ -181,10 +181,8 @@ def train_arguments(settings: Settings, layout: Layout, request: TrainRequest, d
 
 def split_generation(dataset: Path) -> int | None:
     """The split assignment generation recorded in the dataset's manifest.json (None: unknown)."""
-    try:
-        value = json.loads(DatasetDir(dataset).manifest.read_text(encoding="utf-8")).get("split_generation")
-    except (OSError, ValueError, AttributeError):
-        return None
+    manifest = read_manifest(DatasetDir(dataset).manifest)
+    value = manifest.split_generation if manifest else None
     return value if isinstance(value, int) else None
 
 
@@ -206,7 +204,7 @@ def _now() -> str:
 
 
 def _completed_epochs(run_dir: Path) -> int:
-    csv = run_dir / "results.csv"
+    csv = RunDir(run_dir).results_csv
     return max(0, len(csv.read_text().splitlines()) - 1) if csv.is_file() else 0
 
 
@@ -350,7 +348,7 @@ def train(settings: Settings, request: TrainRequest) -> TrainResult:
 
 def resumable_checkpoint(run_dir: Path) -> tuple[Path, int, int]:
     """(last.pt, epochs done, epochs planned) of an unfinished run; InputError otherwise."""
-    last = run_dir / "weights" / "last.pt"
+    last = RunDir(run_dir).last
     if not last.is_file():
         raise InputError(f"run {run_dir.name} has no checkpoint {last}: nothing to resume; start a new run")
     # weights-only; Ultralytics' resume then reopens this file in our own run directory (training/weights.py)

@@ -4,7 +4,6 @@ manifest or data.yaml changes. Pages and image requests only look names up here.
 and label files are read through rootfiles.open_inside (one leading out of the data root reads
 as missing)."""
 
-import json
 import os
 import threading
 from collections import OrderedDict
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from azaion_training.dataset.manifest import DatasetManifest, read_manifest
 from azaion_training.dataset.stats import dataset_stats
 from azaion_training.labels import LabelError, label_classes, label_path_for
 from azaion_training.layout import SPLITS, DatasetDir, Layout, is_safe_name
@@ -62,8 +62,8 @@ def _signature(dataset: DatasetDir) -> tuple:
                  for p in (dataset.root, dataset.data_yaml, dataset.manifest))
 
 
-def _manifest_images(manifest: dict) -> Iterator[tuple[str, str]]:
-    for entry in manifest.get("files", ()):
+def _manifest_images(manifest: DatasetManifest) -> Iterator[tuple[str, str]]:
+    for entry in manifest.files:
         split, kind, image = (entry.get("path", "").split("/") + ["", "", ""])[:3]
         if kind == "images" and split in SPLITS:
             yield split, image
@@ -82,16 +82,16 @@ def _classes(root: Path, label: Path) -> tuple[int, ...]:
         return ()
 
 
-def _summary(path: Path, manifest: dict | None) -> dict[str, Any]:
+def _summary(path: Path, manifest: DatasetManifest | None) -> dict[str, Any]:
     """The dataset's figures as formation recorded them in manifest.json (`azaion dataset stats`
     for a dataset without one)."""
-    if manifest is not None and "counts" in manifest:
-        histogram = manifest.get("class_histogram", {})
-        return {"created": manifest.get("created"), "seed": manifest.get("seed"),
-                "augmented": manifest.get("augmented"), "images": manifest["counts"],
-                "sources": manifest.get("sources", {}),
+    if manifest is not None and manifest.counts:
+        histogram = manifest.class_histogram
+        return {"created": manifest.created, "seed": manifest.seed,
+                "augmented": manifest.augmented, "images": manifest.counts,
+                "sources": manifest.sources,
                 "boxes": {s: {int(c): n for c, n in histogram.get(s, {}).items()} for s in SPLITS},
-                "corrupted": manifest.get("corrupted", {}).get("count", 0), "from": "manifest.json"}
+                "corrupted": manifest.corrupted.get("count", 0), "from": "manifest.json"}
     stats = dataset_stats(path)
     return {"created": None, "seed": None, "augmented": None, "images": stats.images, "sources": {},
             "boxes": {s: dict(stats.boxes[s]) for s in SPLITS}, "corrupted": None, "from": "label files"}
@@ -99,13 +99,9 @@ def _summary(path: Path, manifest: dict | None) -> dict[str, Any]:
 
 def build_index(dataset: DatasetDir, root: Path) -> DatasetIndex:
     signature = _signature(dataset)
-    try:
-        manifest = json.loads(read_text_inside(root, dataset.manifest))
-    except (OSError, ValueError):
-        manifest = None
-    manifest = manifest if isinstance(manifest, dict) else None
+    manifest = read_manifest(dataset.manifest, lambda path: read_text_inside(root, path))
     index = DatasetIndex(dataset.name, dataset.root, signature, _summary(dataset.root, manifest))
-    listed = _manifest_images(manifest) if manifest and manifest.get("files") else _listed_images(dataset)
+    listed = _manifest_images(manifest) if manifest and manifest.files else _listed_images(dataset)
     for split, image in listed:
         if not is_safe_name(image):  # never served: the server only hands out names it can resolve
             continue

@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from azaion_training.layout import Layout, is_safe_name
+from azaion_training.layout import Layout, RunDir, is_safe_name
 from azaion_training.report.plots import LOSS_COLUMNS, METRIC_COLUMNS
 from azaion_training.report.status import run_metrics
 from azaion_training.rootfiles import is_file_inside, read_text_inside
@@ -97,7 +97,7 @@ def read_results(layout: Layout, results_csv: Path) -> dict[str, list[float]]:
 
 def run_curves(layout: Layout, run_dir: Path) -> dict[str, Any]:
     """{"losses": column -> values, "metrics": column -> values, "epoch": [...]} from results.csv."""
-    results = read_results(layout, run_dir / "results.csv")
+    results = read_results(layout, RunDir(run_dir).results_csv)
     return {"epoch": results.get("epoch", []),
             "losses": {c: results[c] for c in LOSS_COLUMNS if c in results},
             "metrics": {c: results[c] for c in METRIC_COLUMNS if c in results}}
