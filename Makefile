@@ -43,7 +43,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 # Static security lint, offline (the security stage of CI): every finding is fixed or
-# justified inline with `# nosec BXXX # reason`. Dependency audits: README, "Security checks".
+# justified inline with `# nosec BXXX # reason`. Dependency audits: docs/security-checks.md.
 audit: $(STAMP)
 	$(BIN)/bandit -r src -q
 

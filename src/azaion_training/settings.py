@@ -36,11 +36,17 @@ def env(default: Any, name: str, *, required: bool = False, **constraints: Any) 
 
 
 class ApiSettings(_Section):
+    # the Azaion REST API (login, resources: publish and fetch-model)
     url: str = env("https://api.azaion.com", "AZAION_API_URL", required=True)
+    # the API account; with the password and this machine's hardware it derives the transport key
     email: str = env("", "AZAION_API_EMAIL", required=True)
+    # the API account's password
     password: SecretStr | None = env(None, "AZAION_API_PASSWORD", required=True)
+    # a private CA bundle for the API; unset = the system CAs (TLS is always verified)
     ca_bundle: Path | None = env(None, "AZAION_API_CA_BUNDLE")
+    # seconds per API request
     timeout_s: float = env(30.0, "AZAION_API_TIMEOUT_S", gt=0)
+    # connection errors, timeouts and 5xx are retried with exponential backoff (other 4xx are not)
     retries: int = env(3, "AZAION_API_RETRIES", ge=0, le=10)
 
     @field_validator("url")
@@ -52,13 +58,21 @@ class ApiSettings(_Section):
 
 
 class RabbitMQSettings(_Section):
+    # RabbitMQ Streams: host and stream-protocol port (not AMQP's 5672)
     host: str = env("127.0.0.1", "RABBITMQ_HOST", required=True)
+    # the stream protocol's port
     port: int = env(5552, "RABBITMQ_PORT", required=True, ge=1, le=65535)
+    # the stream reader's account
     user: str = env("azaion_receiver", "RABBITMQ_USER", required=True)
+    # the stream reader's password
     password: SecretStr | None = env(None, "RABBITMQ_PASSWORD", required=True)
+    # the stream the platform publishes annotation events to
     queue_name: str = env("azaion-annotations", "RABBITMQ_QUEUE_NAME", required=True, min_length=1)
+    # the name the broker stores this consumer's offset under (store_offset/query_offset)
     consumer_name: str = env("azaion-training", "RABBITMQ_CONSUMER_NAME", min_length=1)
+    # a message with a larger image is rejected (queue-rejected/)
     max_image_mb: float = env(50.0, "RABBITMQ_MAX_IMAGE_MB", gt=0)
+    # cap of the reconnect backoff (broker down or restarted)
     reconnect_max_s: float = env(30.0, "RABBITMQ_RECONNECT_MAX_S", gt=0)
 
 
@@ -76,9 +90,13 @@ def _plain_dir_name(value: str) -> str:
 
 
 class PathSettings(_Section):
+    # the data tree (docs/data-tree.md); the annotation areas are plain directory names under it
     root_dir: Path = env(Path("/azaion"), "AZAION_ROOT_DIR", required=True)
+    # validated annotations: the input of dataset formation
     data_dir: str = env("data", "AZAION_DATA_DIR", required=True)
+    # operator annotations awaiting validation
     data_seed_dir: str = env("data-seed", "AZAION_DATA_SEED_DIR", required=True)
+    # soft-deleted annotations
     data_deleted_dir: str = env("data_deleted", "AZAION_DATA_DELETED_DIR", required=True)
 
     @field_validator("data_dir", "data_seed_dir", "data_deleted_dir")
@@ -88,11 +106,18 @@ class PathSettings(_Section):
 
 
 class TrainingSettings(_Section):
+    # base weights: a bare .pt name means <root>/models/base/NAME (`azaion weights pull`), else a path to a .pt, or a
+    # model yaml (yolo26n.yaml) to train from scratch; never downloaded
     model: str = env("yolo26m.pt", "TRAINING_MODEL", required=True)
+    # epochs of a new run (a cycle's fine-tune uses CYCLE_EPOCHS)
     epochs: int = env(120, "TRAINING_EPOCHS", required=True, ge=1)
+    # images per batch, in total across GPUs
     batch_size: int = env(11, "TRAINING_BATCH_SIZE", required=True, ge=1)
+    # training image size, a multiple of 32 (the YOLO stride)
     imgsz: int = env(1280, "TRAINING_IMGSZ", required=True, ge=32)
+    # an epochN.pt every N epochs; -1 = none (last.pt and best.pt always)
     save_period: int = env(1, "TRAINING_SAVE_PERIOD", required=True, ge=-1)
+    # dataloader worker processes
     workers: int = env(24, "TRAINING_WORKERS", required=True, ge=0)
     # "" = Ultralytics' choice (first GPU, else CPU); "cpu", "0", "0,1"
     device: str = env("", "TRAINING_DEVICE")
@@ -108,14 +133,18 @@ class TrainingSettings(_Section):
 
 
 class ExportSettings(_Section):
+    # export size for weights outside any run (a run exports at the size it trained at); a multiple of 32
     onnx_imgsz: int = env(1280, "EXPORT_ONNX_IMGSZ", required=True, ge=32)
+    # the ONNX's dynamic batch axis goes from 1 to this
     max_batch: int = env(8, "EXPORT_MAX_BATCH", ge=1, le=64)
     # a parity check where PyTorch and ONNX both score below this mAP50 proves nothing: it fails
     parity_min_map50: float = env(0.05, "EXPORT_PARITY_MIN_MAP50", ge=0, le=1)
     # quantised and edge exports (docs/edge.md): refused when their mAP50 falls more than this
     # below the run's FP32 ONNX, and (INT8) unless this many times faster per frame
     quant_max_map_drop: float = env(0.01, "QUANT_MAX_MAP_DROP", ge=0, le=1)
+    # an INT8 export (not RKNN) must run at least this many times faster per frame than the FP32 ONNX
     quant_min_speedup: float = env(1.3, "QUANT_MIN_SPEEDUP", ge=0)
+    # images drawn from the dataset to calibrate INT8 quantisation
     quant_calibration_images: int = env(300, "QUANT_CALIBRATION_IMAGES", ge=1)
     # the RKNN toolchain's venv (`make rknn-env`); default: .venv-rknn beside the running venv
     rknn_venv: Path | None = env(None, "EXPORT_RKNN_VENV")
@@ -127,27 +156,34 @@ class ExportSettings(_Section):
 
 
 class SecuritySettings(_Section):
+    # shared with the platform: published models are AES-256 encrypted with calc_hash(this) and manifests authenticated
+    # with a key derived from it (docs/encryption.md)
     model_encryption_key: SecretStr | None = env(None, "MODEL_ENCRYPTION_KEY", required=True)
 
 
 class CdnSettings(_Section):
     # a local cdn.yaml; unset = fetched encrypted through the API
     config_file: Path | None = env(None, "CDN_CONFIG_FILE")
+    # used when cdn.yaml names no bucket
     bucket: str = env("models", "CDN_BUCKET")
     # where fetched .big parts are kept; default <root>/models/cache
     cache_dir: Path | None = env(None, "CDN_CACHE_DIR")
 
 
 class InferenceSettings(_Section):
+    # `azaion infer` uses every N-th video frame
     every: int = env(4, "INFERENCE_EVERY", ge=1)
     batch: int = env(0, "INFERENCE_BATCH", ge=0, le=64)  # 0 = 1 on CPU, 4 on a GPU
+    # confidence threshold of a detection
     conf: float = env(0.3, "INFERENCE_CONF", ge=0, le=1)
+    # overlap cleanup: of two boxes overlapping above this IoU (any classes) the less confident goes
     iou: float = env(0.3, "INFERENCE_IOU", ge=0, le=1)
     threads: int = env(0, "INFERENCE_THREADS", ge=0)  # per engine call; 0 = cores / workers
     workers: int = env(0, "INFERENCE_WORKERS", ge=0, le=16)  # engine calls at once; 0 = 2 (1 on one core)
 
 
 class LoggingSettings(_Section):
+    # the `--log-level` option overrides it for one command
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = env("INFO", "AZAION_LOG_LEVEL")
     # auto = human lines on a terminal, JSON lines otherwise
     format: Literal["auto", "json", "human"] = env("auto", "AZAION_LOG_FORMAT")
@@ -164,10 +200,17 @@ class LoggingSettings(_Section):
 
 
 class HealthSettings(_Section):
+    # `azaion health`: the data root's disk warns above this % used...
     disk_warn_pct: float = env(80.0, "HEALTH_DISK_WARN_PCT", ge=0, le=100)
+    # ...and fails above this
     disk_fail_pct: float = env(95.0, "HEALTH_DISK_FAIL_PCT", ge=0, le=100)
+    # a committed offset younger than this (minutes) counts as progress
     offset_max_age_min: float = env(30.0, "HEALTH_OFFSET_MAX_AGE_MIN", gt=0)
+    # TCP connect timeout of the broker check
     broker_timeout_s: float = env(3.0, "HEALTH_BROKER_TIMEOUT_S", gt=0)
+    # the field check warns when a class's field recall (validators' verdicts on the production model's
+    # proposals, docs/data-engine.md) falls by more than this from one week to the next
+    field_recall_drop_alert: float = env(0.1, "FIELD_RECALL_DROP_ALERT", ge=0, le=1)
 
 
 class BackupSettings(_Section):
@@ -180,8 +223,11 @@ class BackupSettings(_Section):
     max_age_h: float = env(36.0, "BACKUP_MAX_AGE_H", ge=0)
     # S3 destinations: a bucket and key pair of the backups' own (not the model CDN's)
     s3_endpoint: str = env("", "BACKUP_S3_ENDPOINT")
+    # the backup bucket's region
     s3_region: str = env("us-east-1", "BACKUP_S3_REGION", min_length=1)
+    # the backup bucket's access key...
     s3_access_key: str = env("", "BACKUP_S3_ACCESS_KEY")
+    # ...and its secret key
     s3_secret_key: SecretStr | None = env(None, "BACKUP_S3_SECRET_KEY")
 
 
@@ -207,17 +253,22 @@ class LifecycleSettings(_Section):
     cycle_min_new: int = env(500, "CYCLE_MIN_NEW", ge=1)
     # fine-tune budget of one cycle; 0 = a tenth of TRAINING_EPOCHS (at least 1)
     cycle_epochs: int = env(0, "CYCLE_EPOCHS", ge=0)
+    # `azaion cycle --watch`: seconds between cycles
     cycle_interval_s: float = env(3600.0, "CYCLE_INTERVAL_S", gt=0)
 
 
 class AlertSettings(_Section):
     webhook_url: str = env("", "ALERT_WEBHOOK_URL")  # empty: alerts only logged
+    # sent as Authorization: Bearer (redirects are not followed)
     webhook_token: SecretStr | None = env(None, "ALERT_WEBHOOK_TOKEN")
+    # seconds per alert POST
     timeout_s: float = env(5.0, "ALERT_TIMEOUT_S", gt=0)
 
 
 class CockpitSettings(_Section):
+    # `azaion serve` listens here; anything but loopback needs COCKPIT_TOKEN (>= 32 characters)
     host: str = env("127.0.0.1", "COCKPIT_HOST")
+    # `azaion serve`'s port
     port: int = env(8600, "COCKPIT_PORT", ge=1, le=65535)
     # with it (or COCKPIT_USERS) every page needs a login; >= 32 characters to bind beyond loopback
     token: SecretStr | None = env(None, "COCKPIT_TOKEN")
@@ -231,6 +282,7 @@ class CockpitSettings(_Section):
 
 
 class Settings(_Section):
+    # production refuses placeholder secrets (changeme, ...); development allows them and `azaion dev-api`
     environment: Literal["development", "production"] = env("production", "AZAION_ENV")
     api: ApiSettings = ApiSettings()
     rabbitmq: RabbitMQSettings = RabbitMQSettings()

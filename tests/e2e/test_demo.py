@@ -1,8 +1,10 @@
 """`azaion demo` end to end, as a user runs it, with a socket guard that fails the test on any
 connection beyond loopback (the demo needs no network)."""
 
+import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 from tests.conftest import run_azaion
 
 NETGUARD = Path(__file__).parent / "netguard"
-# Small enough for the suite; the ≥ 0.5 bar is for the default demo (README). So small a model
+# Small enough for the suite; the ≥ 0.5 bar is for the default demo (docs/demo-and-report.md). So small a model
 # scores about 0.05, under the gate's default floor (0.1): the suite's demo lowers it explicitly.
 SMALL = ("--images", "144", "--epochs", "20", "--batch", "4", "--video-frames", "12", "--min-map50", "0.01")
 SMALL_MAP50_BAR = 0.05
@@ -119,6 +121,27 @@ def test_a_cycle_right_after_the_demo_finds_nothing_new(demo_run):
                       env={"AZAION_ROOT_DIR": str(workdir / "azaion"), "CYCLE_MIN_NEW": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "cycle skipped: 0 new validated annotations" in done.stdout
+
+
+def test_the_demo_tree_works_with_its_saved_config(demo_run):
+    """config.yaml and model.key (0600) beside the tree: every command works on it afterwards, the
+    published model included (the key is no longer lost with the demo's process)."""
+    workdir, result, _, _ = demo_run
+    config, key = Path(result["artefacts"]["config"]), Path(result["artefacts"]["model_key"])
+    assert (config, key) == (workdir / "config.yaml", workdir / "model.key")
+    assert stat.S_IMODE(config.stat().st_mode) == stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert key.read_text().strip() in config.read_text()  # the same key, for `--config` and for export
+    assert result["promoted"] is True and result["refused"] is None
+    env = {"AZAION_CONFIG": "", "AZAION_ROOT_DIR": "", "MODEL_ENCRYPTION_KEY": ""}  # only the file speaks
+    status = json.loads(run_azaion("--config", str(config), "status", "--json", env=env).stdout)
+    assert status["root"] == result["artefacts"]["root"]
+    assert status["latest_dataset"]["name"] == Path(result["artefacts"]["dataset"]).name  # not "-"
+    out = workdir / "fetched.onnx"
+    done = run_azaion("--config", str(config), "fetch-model", "azaion.onnx", "--target", result["artefacts"]["target"],
+                      "--out", str(out), env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads(Path(result["artefacts"]["manifest"]).read_text())
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == manifest["plaintext"]["sha256"]
 
 
 def test_demo_refuses_a_used_workdir(tmp_path):

@@ -296,7 +296,7 @@ def test_base_weights_changed_after_their_pull_are_refused_by_training(root, lay
 def test_the_repository_lock_is_the_shipped_lock_and_pins_nothing_unverified():
     shipped = REPO / "src" / "azaion_training" / "resources" / "weights.lock"
     assert (REPO / "weights.lock").read_bytes() == shipped.read_bytes()
-    assert shipped_lock() == {}  # see README: no hash of the upstream files was verified here
+    assert shipped_lock() == {}  # see docs/training.md: no hash of the upstream files was verified here
 
 
 def test_no_known_hash_without_trust_on_first_use_is_refused_before_downloading(root, layout, mirror, monkeypatch):

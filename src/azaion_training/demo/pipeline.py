@@ -89,7 +89,8 @@ def save_demo_config(settings: Settings, workdir: Path) -> tuple[Path, Path]:
     from azaion_training.fsutil import atomic_write_text
     from azaion_training.settings import require_secret, to_yaml
 
-    kept = settings.model_copy(update={"rabbitmq": settings.rabbitmq.model_copy(update={"password": None})})
+    no_password = settings.rabbitmq.model_copy(update={"password": None})  # nosec B105 # removes one, sets none
+    kept = settings.model_copy(update={"rabbitmq": no_password})
     config, key = workdir / DEMO_CONFIG, workdir / DEMO_KEY
     atomic_write_text(key, require_secret(settings.security.model_encryption_key, "MODEL_ENCRYPTION_KEY") + "\n",
                       mode=0o600)
