@@ -229,3 +229,60 @@ def test_create_stream_flag_and_cli_tools(rabbit, root, tmp_path, stream_name):
     bad = run_azaion("queue", "consume", "--from", "somewhere", env=env)
     assert bad.returncode == 2 and "--from" in bad.stderr
 
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def not_running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_sigkill_of_the_consumer_mid_group_takes_its_worker_along(rabbit, root, tmp_path, stream_name):
+    """kill -9 of `azaion queue consume` while its apply worker holds applied, uncommitted messages:
+    the worker dies with it, and the restart applies exactly what was not committed."""
+    entries = [created(f"g{i:04d}", Role.Validator, media=f"v{i // 25}.mp4") for i in range(900)]
+    publish(rabbit_settings(rabbit, stream_name), entries)
+    log = tmp_path / "consumer.log"
+    labels = root / "data" / "labels"
+
+    def committed() -> int:
+        return offset_file(root)["offset"] if (root / "queue-state" / "offset.yaml").exists() else -1
+
+    for _attempt in range(5):  # the kill must land inside a group: applied files beyond the committed offset
+        process = start_consumer(rabbit, stream_name, log)
+        wait_for(lambda process=process: len(children_of(process.pid)) == 1, 30, "the apply worker")
+        worker = children_of(process.pid)[0]
+        target = committed() + 30
+        wait_for(lambda target=target: len(list(labels.iterdir())) > target, 60, "more applied", poll_s=0.002)
+        process.kill()
+        process.wait()
+        wait_for(lambda worker=worker: not_running(worker), 10, "the worker to die with the consumer", poll_s=0.01)
+        last_commit = committed()
+        if len(list(labels.iterdir())) > last_commit + 1:
+            break
+    else:
+        raise AssertionError("never killed mid-group")
+    assert last_commit < len(entries) - 1
+    result = run_azaion("queue", "consume", "--exit-when-idle", "1.5", env=env_for(rabbit, stream_name), timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr  # the instance lock was free: no worker left
+    summary = cli_summary(result.stdout)
+    assert summary["applied"] == len(entries) - last_commit - 1 and summary["skipped"] == 0  # none twice
+    assert comparable(root) == reference_tree(tmp_path, entries) and temp_files(root) == []
+    index = AnnotationIndex(Layout(PathSettings(root_dir=root)).index_db, readonly=True)
+    rows = {entry.name: entry.stream_offset for entry in index.entries()}
+    index.close()
+    assert rows == {f"g{i:04d}": i for i in range(len(entries))}
+    assert offset_file(root)["offset"] == len(entries) - 1
