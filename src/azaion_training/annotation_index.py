@@ -4,8 +4,15 @@ One row per annotation name: where it lives now (area), its source media (used t
 video's frames in one split), author role, source (AI/Manual), dates and the stream offset
 that last changed it. Readers (dataset formation, `azaion status`) open it read-only and
 treat a missing index as empty.
+
+Two sibling tables feed the data engine (docs/data-engine.md): `proposals` keeps the boxes and
+confidences of an AI-sourced annotation as it was first stored (the model's proposal, never
+overwritten), and `events` keeps every Created/Edited/Validated/Deleted applied to an
+annotation (time, role, the boxes it carried). Both are written in the same transaction as the
+rows and keyed so that re-applying a message (after a crash) records nothing twice.
 """
 
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -30,6 +37,23 @@ CREATE TABLE IF NOT EXISTS annotations (
     updated_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS proposals (
+    name TEXT PRIMARY KEY,           -- the first AI-sourced store of the annotation, kept as it was
+    stream_offset INTEGER NOT NULL,  -- the message that carried it
+    created_date TEXT,               -- the annotation's createdDate (which model was production then)
+    source_media TEXT,
+    role INTEGER,
+    boxes TEXT NOT NULL              -- JSON [[cls, cx, cy, w, h, confidence], ...], normalised
+);
+CREATE TABLE IF NOT EXISTS events (
+    name TEXT NOT NULL,
+    stream_offset INTEGER NOT NULL,
+    status INTEGER NOT NULL,         -- AnnotationStatus applied
+    role INTEGER,                    -- author role (Created/Edited); NULL for bulk messages
+    at TEXT NOT NULL,                -- broker time of the message (ISO 8601)
+    boxes TEXT,                      -- JSON as in proposals (Created/Edited); NULL: unchanged
+    PRIMARY KEY (name, stream_offset)
+);
 """
 
 
@@ -46,6 +70,44 @@ class IndexEntry:
     status: int | None
     stream_offset: int
     updated_at: str
+
+
+Boxes = list[tuple[int, float, float, float, float, float]]  # (cls, cx, cy, w, h, confidence), normalised
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """The model's proposal: an AI-sourced annotation's boxes as first stored."""
+
+    name: str
+    stream_offset: int
+    created_date: str | None
+    source_media: str | None
+    role: int | None
+    boxes: Boxes
+
+
+@dataclass(frozen=True)
+class AnnotationEvent:
+    """One Created/Edited/Validated/Deleted applied to an annotation. `boxes` is None when the
+    event does not carry boxes (Validated, Deleted: the annotation's boxes are unchanged)."""
+
+    name: str
+    stream_offset: int
+    status: int
+    role: int | None
+    at: str
+    boxes: Boxes | None
+
+
+def _boxes_json(boxes: Boxes | None) -> str | None:
+    return None if boxes is None else json.dumps([list(box) for box in boxes], separators=(",", ":"))
+
+
+def _boxes(text: str | None) -> Boxes | None:
+    if text is None:
+        return None
+    return [(int(b[0]), float(b[1]), float(b[2]), float(b[3]), float(b[4]), float(b[5])) for b in json.loads(text)]
 
 
 class AnnotationIndex:
@@ -142,6 +204,36 @@ class AnnotationIndex:
 
     def area_counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT area, COUNT(*) FROM annotations GROUP BY area").fetchall())
+
+    # ------------------------------------------------------------ the data engine's tables
+
+    def add_proposals(self, proposals: Iterable[Proposal]) -> None:
+        """Keep each proposal unless the name has one already (the first store wins; re-applying
+        a message records nothing new)."""
+        self.db.executemany("INSERT OR IGNORE INTO proposals VALUES (?,?,?,?,?,?)",
+                            ((p.name, p.stream_offset, p.created_date, p.source_media, p.role, _boxes_json(p.boxes))
+                             for p in proposals))
+
+    def add_events(self, events: Iterable[AnnotationEvent]) -> None:
+        """Record events; one per (name, offset): a message applied again adds nothing."""
+        self.db.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?)",
+                            ((e.name, e.stream_offset, e.status, e.role, e.at, _boxes_json(e.boxes)) for e in events))
+
+    def proposals(self) -> list[Proposal]:
+        """Every proposal, by name (empty for an index written before the table existed)."""
+        try:
+            rows = self.db.execute("SELECT * FROM proposals ORDER BY name").fetchall()
+        except sqlite3.OperationalError:  # an older read-only index without the table
+            return []
+        return [Proposal(n, o, c, m, r, _boxes(b) or []) for n, o, c, m, r, b in rows]
+
+    def events(self) -> list[AnnotationEvent]:
+        """Every event, by name then offset (stream order)."""
+        try:
+            rows = self.db.execute("SELECT * FROM events ORDER BY name, stream_offset").fetchall()
+        except sqlite3.OperationalError:
+            return []
+        return [AnnotationEvent(n, o, s, r, a, _boxes(b)) for n, o, s, r, a, b in rows]
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 
 from azaion_training.analysis import cli as analysis_cli
+from azaion_training.analysis import engine_cli as data_engine_cli
 from azaion_training.cli_support import console, err_console, print_json, state
 from azaion_training.dataset import cli as dataset_cli
 from azaion_training.demo import cli as demo_cli
@@ -45,7 +46,7 @@ ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Cl
 # Every stage's `commands` Typer, merged into `azaion`. The stage CLI modules are the top layer:
 # they may import any stage package; no stage package imports a CLI module (tests/unit/test_imports.py).
 STAGE_CLIS = (queue_cli, dataset_cli, training_cli, distribution_cli, inference_cli, demo_cli, ops_cli, backup_cli,
-              report_cli, weights_cli, lifecycle_cli, analysis_cli, web_cli)
+              report_cli, weights_cli, lifecycle_cli, analysis_cli, data_engine_cli, web_cli)
 
 
 @app.callback()

@@ -218,6 +218,9 @@ class Layout:
         self.classes_json = self.root / "classes.json"
         self.analysis = self.root / "analysis"  # error analysis (analysis/, docs/error-analysis.md)
         self.predictions = self.analysis / "predictions"  # detections cache, one folder per ONNX
+        # the data engine (docs/data-engine.md): ranked likely label errors, frames chosen to annotate next
+        self.label_errors = self.analysis / "label-errors"
+        self.selections = self.analysis / "selections"
         self.backups = self.root / "backups"  # `azaion backup create`'s default destination (ops/backup.py)
 
     def areas(self) -> dict[str, Area]:
@@ -241,6 +244,15 @@ class Layout:
         if not re.fullmatch(r"[0-9a-f]{64}", onnx_sha256):
             raise InputError(f"{onnx_sha256!r} is not a sha256 hex digest")
         return self.predictions / onnx_sha256[:16] / f"imgsz{int(imgsz)}-conf{conf:g}-iou{iou:g}.sqlite3"
+
+    def label_errors_file(self, dataset: str, split: str, onnx_sha256: str) -> Path:
+        """`azaion review label-errors`' ranked JSONL of one dataset split judged by one ONNX."""
+        return (self.label_errors / f"{checked_name(dataset, 'dataset name')}-{checked_name(split, 'split')}-"
+                f"{checked_name(onnx_sha256[:16], 'sha256')}.jsonl")
+
+    def selection_dir(self, name: str) -> Path:
+        """`azaion review next`'s chosen frames and their list (frames/, selection.jsonl)."""
+        return self.selections / checked_name(name, "selection name")
 
     def lock_file(self, name: str) -> Path:
         return self.locks / f"{checked_name(name, 'lock name')}.lock"

@@ -4,7 +4,8 @@ Each check returns one `CheckResult`; the report is healthy when no check failed
 is worth a look, not an alert). Checks: configuration, broker TCP reachability, free disk on
 the data root, GPU (required only when `TRAINING_DEVICE` names one), and consumer progress
 (the committed offset advanced since the previous health run, was committed recently, or
-nothing is pending on the stream), and the age of the newest backup snapshot (ops/backup.py).
+nothing is pending on the stream), the age of the newest backup snapshot (ops/backup.py), and
+the field recall week over week (analysis/field.py, a warning only).
 """
 
 import asyncio
@@ -24,7 +25,7 @@ from azaion_training.queue.offsets import read_offset_record, write_offset_recor
 from azaion_training.settings import Settings, load_settings, overridden
 
 Status = Literal["ok", "warn", "fail", "n/a"]
-CHECK_NAMES = ("config", "broker", "disk", "gpu", "progress", "backup")
+CHECK_NAMES = ("config", "broker", "disk", "gpu", "progress", "backup", "field")
 PENDING_PROBE_S = 3.0
 MIN_TRAINING_VRAM_MIB = 24 * 1024  # training needs >= 24 GB of GPU memory (the training host's stated minimum)
 
@@ -45,6 +46,7 @@ class HealthOptions:
     disk_fail_pct: float | None = None
     offset_max_age_min: float | None = None
     broker_timeout_s: float | None = None
+    field_recall_drop_alert: float | None = None
     # False for onlookers (the cockpit): compare with the last recorded reading, record nothing,
     # so the cron job's "advanced since the previous run" keeps meaning its own previous run
     record_reading: bool = True
@@ -83,6 +85,7 @@ def run_health(config: Path | None, options: HealthOptions) -> HealthReport:
         "gpu": lambda: check_gpu(settings.training.device),
         "progress": lambda: check_progress(settings, options, checked_at),
         "backup": lambda: _check_backup(settings, checked_at),
+        "field": lambda: check_field(settings, options.field_recall_drop_alert),
     }
     return HealthReport(checked_at.isoformat(timespec="seconds"), [checks[name]() for name in options.checks])
 
@@ -91,6 +94,26 @@ def _check_backup(settings: Settings, now: datetime) -> CheckResult:
     from azaion_training.ops.backup import check_backup  # boto3 only for an S3 destination
 
     return check_backup(settings, now)
+
+
+def check_field(settings: Settings, threshold: float) -> CheckResult:
+    """Warn when a class's field recall fell by more than `threshold` week over week (analysis/field.py)."""
+    from azaion_training.field_accuracy import recall_drops, tabulate_weeks
+
+    rows = tabulate_weeks(settings)
+    weeks = sorted({row.group for row in rows})
+    data: dict[str, Any] = {"weeks": weeks[-2:], "threshold": threshold}
+    if len(weeks) < 2:
+        return CheckResult("field", "ok", "fewer than two weeks of judged proposals: nothing to compare", data)
+    drops = recall_drops(rows, threshold)
+    data["drops"] = [{"class": d.cls, "name": d.name, "previous": round(d.previous_recall, 4),
+                      "recall": round(d.recall, 4)} for d in drops]
+    if drops:
+        named = ", ".join(f"{d.name} {d.previous_recall:.2f} -> {d.recall:.2f}" for d in drops)
+        return CheckResult("field", "warn", f"field recall fell by more than {threshold:g} from {weeks[-2]} to "
+                           f"{weeks[-1]}: {named} (see `azaion field report --by week`)", data)
+    return CheckResult("field", "ok", f"field recall {weeks[-2]} -> {weeks[-1]}: no class fell by more than "
+                       f"{threshold:g}", data)
 
 
 def broker_reachable(host: str, port: int, timeout_s: float) -> bool:

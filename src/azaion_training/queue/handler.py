@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from azaion_training.annotation_index import AnnotationIndex, IndexEntry
+from azaion_training.annotation_index import AnnotationEvent, AnnotationIndex, IndexEntry, Proposal
 from azaion_training.fsutil import TEMP_PREFIX, make_durable, remove_stale_temp_files
 from azaion_training.images import IMAGE_SUFFIXES
 from azaion_training.layout import Layout
@@ -38,6 +38,7 @@ from azaion_training.queue.messages import (
     AnnotationStatus,
     Limits,
     MessageRejected,
+    Source,
     capped,
     decode,
 )
@@ -103,6 +104,9 @@ class Group:
     rows: dict[str, IndexEntry]  # name -> the index row as the group leaves it
     files: set[str]
     dirs: set[str]
+    # the data engine's records (docs/data-engine.md): written with the rows, ignored when already there
+    proposals: list[Proposal] = field(default_factory=list)
+    events: list[AnnotationEvent] = field(default_factory=list)
 
 
 class AnnotationHandler:
@@ -120,6 +124,9 @@ class AnnotationHandler:
         self._touched: set[str] = set()
         self._dirs: set[str] = set()
         self._rows: dict[str, IndexEntry] = {}  # index rows of the open group, not yet in the index
+        self._proposals: list[Proposal] = []  # the open group's proposals and events (with its rows)
+        self._events: list[AnnotationEvent] = []
+        self._event_time = ""  # the broker time of the message being applied
         self._sealed: Group | None = None  # a sealed group not yet recorded: its rows are not in the index yet
         self.failing: tuple[int, int] = (-1, 0)  # (offset, failed attempts) of the last failing message
         self._areas = {"data": layout.data, "seed": layout.seed, "deleted": layout.deleted}
@@ -169,6 +176,7 @@ class AnnotationHandler:
     def handle(self, offset: int, data: bytes, timestamp_ms: int = 0) -> str:
         """Apply one stream entry; returns 'applied', 'skipped' or 'rejected'. Raises LOCAL_FAILURES
         (retry from the last commit) and MessageFailed (see the module's docstring)."""
+        self._event_time = _broker_time(timestamp_ms)
         try:
             message = self._decode(data)
             outcome = self._apply(message, offset)
@@ -179,7 +187,7 @@ class AnnotationHandler:
         except Exception as exc:  # noqa: BLE001 - a fault of this one message (a bug its content trips)
             outcome = self._message_failed(offset, data, exc, timestamp_ms)
         self.counts.last_offset = self._last_handled = offset
-        self._last_time = _broker_time(timestamp_ms)
+        self._last_time = self._event_time
         self.pending += 1
         return outcome
 
@@ -242,6 +250,13 @@ class AnnotationHandler:
             source=int(message.source), created_date=message.created_date.isoformat(),
             media_time_us=int(message.time.total_seconds() * 1_000_000), image_ext=image_ext,
             status=int(message.status), stream_offset=offset, updated_at=now_iso()))
+        boxes = [(d.cls, round(d.x, 6), round(d.y, 6), round(d.w, 6), round(d.h, 6), d.confidence)
+                 for d in message.detections]
+        if message.source is Source.AI and (entry is None or entry.source is None):  # first stored: the proposal
+            self._proposals.append(Proposal(name, offset, message.created_date.isoformat(),
+                                            message.original_media_name, int(message.created_role), boxes))
+        self._events.append(AnnotationEvent(name, offset, int(message.status), int(message.created_role),
+                                            self._event_time, boxes))
         return True
 
     def _apply_bulk(self, message: AnnotationBulkMessage, offset: int) -> bool:
@@ -259,6 +274,7 @@ class AnnotationHandler:
                 continue  # applied before (a duplicate or a replay)
             (moved if self._move_name(name, entry, status, target_name) else missing).append(name)
         self._set_areas(moved, entries, target_name, int(status), offset)
+        self._events.extend(AnnotationEvent(name, offset, int(status), None, self._event_time, None) for name in moved)
         if missing:
             log(logger, logging.INFO, f"{status.name}: {len(missing)} of {len(names)} annotations not found, "
                 "nothing to do for them", offset=offset, not_found=len(missing), first=missing[:NAMES_SHOWN])
@@ -356,9 +372,11 @@ class AnnotationHandler:
             return None
         if self._sealed is not None:
             raise RuntimeError("the previous group is not recorded yet")
-        group = Group(self.pending, self._last_handled, self._last_time, self._rows, self._touched, self._dirs)
+        group = Group(self.pending, self._last_handled, self._last_time, self._rows, self._touched, self._dirs,
+                      self._proposals, self._events)
         self._sealed = group
         self._rows, self._touched, self._dirs = {}, set(), set()
+        self._proposals, self._events = [], []
         self.pending = 0
         return group
 
@@ -373,6 +391,8 @@ class AnnotationHandler:
         try:
             for entry in group.rows.values():
                 self.index.upsert(entry)
+            self.index.add_proposals(group.proposals)
+            self.index.add_events(group.events)
             if self.record_offset:
                 self.index.set_meta("last_offset", str(group.last_offset))
                 self.index.set_meta("last_message_time", group.last_time or now_iso())
@@ -392,6 +412,7 @@ class AnnotationHandler:
         messages are applied again)."""
         self.index.rollback()
         self._rows, self._touched, self._dirs = {}, set(), set()
+        self._proposals, self._events = [], []
         self._sealed = None
         self.pending = 0
 
