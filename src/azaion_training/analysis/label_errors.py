@@ -16,7 +16,10 @@ Per image cleanlab gives one score in [0, 1] (low: likely mislabelled) and per b
 sub-scores: **overlooked** (a confident prediction no label box matches: a missing label),
 **swapped** (a label box that a confident prediction of another class covers: wrong class) and
 **badly located** (a label box whose best same-class prediction overlaps it poorly). Each image is
-listed with its score, its worst kind and the boxes involved.
+listed with its score, its worst kind and the boxes involved. The image score is
+`get_label_quality_scores`' own aggregation (the equal-weight geometric mean of the softmin-pooled
+sub-scores, `pool_box_scores_per_image`), computed from the public per-box functions because the
+overlooked and swapped sub-scores take CONFIDENT as their high-probability threshold (see there).
 """
 
 import json
@@ -46,6 +49,11 @@ from azaion_training.settings import Settings
 
 logger = get_logger("analysis.label_errors")
 
+# cleanlab's default "high probability" (0.95) assumes calibrated probabilities: a YOLO's confident
+# boxes score 0.6-0.9, so few would ever count. Overlooked and swapped boxes are judged against
+# predictions at or above this instead (its compute_*_box_scores' own parameter).
+CONFIDENT = 0.5
+TINY = 1e-100  # cleanlab's TINY_VALUE in that aggregation
 MIN_CONF = 0.05  # predictions below this are not given to cleanlab (it ignores low ones anyway; saves time)
 BOX_SCORE = 0.5  # a box whose sub-score is below this is listed among the image's issues
 KINDS = {"overlooked": "overlooked", "swap": "swapped", "badloc": "badly located"}
@@ -127,16 +135,20 @@ def rank_images(images: list[LabelledImage], min_conf: float = MIN_CONF) -> list
         compute_badloc_box_scores,
         compute_overlooked_box_scores,
         compute_swap_box_scores,
-        get_label_quality_scores,
+        pool_box_scores_per_image,
     )
 
     labels, predictions, ordered, _ = _cleanlab_inputs(images, min_conf)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # cleanlab warns on images without labels or predictions
-        scores = get_label_quality_scores(labels, predictions, verbose=False)
-        overlooked = compute_overlooked_box_scores(labels=labels, predictions=predictions)
-        swapped = compute_swap_box_scores(labels=labels, predictions=predictions)
+        overlooked = compute_overlooked_box_scores(labels=labels, predictions=predictions,
+                                                   high_probability_threshold=CONFIDENT)
+        swapped = compute_swap_box_scores(labels=labels, predictions=predictions, high_probability_threshold=CONFIDENT)
         badloc = compute_badloc_box_scores(labels=labels, predictions=predictions)
+        # cleanlab's image score (get_label_quality_scores' aggregation): the weighted geometric mean
+        # of the three softmin-pooled sub-scores, here with CONFIDENT as its high-probability threshold
+        pooled = [pool_box_scores_per_image(sub) for sub in (overlooked, swapped, badloc)]
+    scores = np.exp(sum(np.log(TINY + p) for p in pooled) / 3)
     ranked = []
     for i, im in enumerate(images):
         preds, truths = ordered[i], im.truths
