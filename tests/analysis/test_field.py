@@ -143,6 +143,11 @@ def test_recall_drop_alert_and_health_check(settings, layout, root, monkeypatch)
     [check] = run_health(None, HealthOptions(checks=("field",))).checks
     assert check.status == "ok" and report.healthy
 
+    layout.index_db.unlink()
+    layout.index_db.write_bytes(b"not a database" * 100)
+    [check] = run_health(None, HealthOptions(checks=("field",))).checks
+    assert check.status == "warn" and "annotation index" in check.detail
+
 
 def test_field_report_cli_json(layout, root):
     write_sequence(layout)

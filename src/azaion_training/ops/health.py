@@ -11,6 +11,7 @@ the field recall week over week (analysis/field.py, a warning only).
 import asyncio
 import shutil
 import socket
+import sqlite3
 import subprocess  # nosec B404 # one fixed argv (nvidia-smi), no shell
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from azaion_training.errors import ConfigError
+from azaion_training.errors import AzaionError, ConfigError
 from azaion_training.layout import Layout
 from azaion_training.queue.offsets import read_offset_record, write_offset_record
 from azaion_training.settings import Settings, load_settings, overridden
@@ -100,7 +101,10 @@ def check_field(settings: Settings, threshold: float) -> CheckResult:
     """Warn when a class's field recall fell by more than `threshold` week over week (analysis/field.py)."""
     from azaion_training.field_accuracy import recall_drops, tabulate_weeks
 
-    rows = tabulate_weeks(settings)
+    try:
+        rows = tabulate_weeks(settings)
+    except (AzaionError, sqlite3.Error) as exc:  # a damaged index: worth a look, not a crash of every check
+        return CheckResult("field", "warn", f"cannot read the annotation index: {exc}")
     weeks = sorted({row.group for row in rows})
     data: dict[str, Any] = {"weeks": weeks[-2:], "threshold": threshold}
     if len(weeks) < 2:
