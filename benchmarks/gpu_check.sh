@@ -108,20 +108,39 @@ amp_checks = []
 
 
 def amp_check_on_the_trained_model(model):
-    """FP32 vs autocast outputs of the model under training on real scenes (Ultralytics' check needs yolo26n.pt)."""
+    """FP32 vs autocast on the model under training, on real scenes (Ultralytics' own check needs
+    yolo26n.pt). Compared: the feature maps the detection head receives (raw activations, not the
+    decoded top-k boxes, which can hide any difference), and whether autocast really ran the convs
+    in half precision (a forward hook on the first layer)."""
     net = model.eval()
     images = torch.stack([torch.from_numpy(np.ascontiguousarray(img[..., ::-1].transpose(2, 0, 1))).float() / 255
                           for img in SAMPLES[:4]]).cuda()
-    with torch.no_grad():
-        fp32 = net(images)
-        with torch.autocast("cuda"):
-            amp = net(images)
-    a, b = (out[0] if isinstance(out, list | tuple) else out for out in (fp32, amp))
-    a, b = (next(iter(x.values())) if isinstance(x, dict) else x for x in (a, b))
-    diff = (a.float() - b.float()).abs().max().item()
-    scale = a.float().abs().max().item() or 1.0
-    ok = bool(torch.isfinite(b).all()) and diff <= 0.05 * scale
-    amp_checks.append({"max_abs_diff": round(diff, 4), "scale": round(scale, 3), "passed": ok})
+    seen = {}
+
+    def head_inputs(module, inputs):
+        seen.setdefault("features", []).append([t.detach().float().clone() for t in inputs[0]])
+
+    def first_layer(module, inputs, output):
+        seen.setdefault("dtypes", []).append(output.dtype)
+
+    hooks = [net.model[-1].register_forward_pre_hook(head_inputs), net.model[0].register_forward_hook(first_layer)]
+    try:
+        with torch.no_grad():
+            net(images)
+            with torch.autocast("cuda"):
+                net(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    fp32, amp = seen["features"]
+    diff = max((a - b).abs().max().item() for a, b in zip(fp32, amp, strict=True))
+    scale = max(a.abs().max().item() for a in fp32) or 1.0
+    engaged = seen["dtypes"][1] == torch.float16
+    finite = all(bool(torch.isfinite(b).all()) for b in amp)
+    ok = engaged and finite and diff <= 0.05 * scale
+    amp_checks.append({"compared": "detection head input features", "autocast_dtype": str(seen["dtypes"][1]),
+                       "max_abs_diff": round(diff, 5), "scale": round(scale, 3),
+                       "relative": round(diff / scale, 6), "passed": ok})
     net.train()
     return ok
 
