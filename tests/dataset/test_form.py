@@ -228,3 +228,67 @@ def test_cli_form_json_and_bad_split(root, layout):
     bad = run_azaion("dataset", "form", "--split", "70-30")
     assert bad.returncode == 2
     assert "--split" in bad.stderr and "Traceback" not in bad.stderr + bad.stdout
+
+
+def _dataset_files_on_disk(dataset) -> set[str]:
+    return {str(p.relative_to(dataset)) for split in SPLITS for p in (dataset / split).rglob("*") if p.is_file()}
+
+
+def _manifest(dataset) -> dict:
+    return json.loads((dataset / "manifest.json").read_text())
+
+
+def test_reformation_links_registered_pairs_early_and_undoes_what_the_checks_reject(settings, layout):
+    """A re-formation links the pairs whose media already has a split before checking them; a pair
+    that turned bad since is quarantined and its early links removed, so the dataset holds exactly
+    what its manifest lists, each file the one checked."""
+    names = add_annotations(layout, 40)
+    first = form_dataset(settings, progress=False)
+    splits = {entry["annotation"]: entry["split"] for entry in _manifest(first.path)["files"]}
+    broken, relabelled = names[3], names[7]
+    image = layout.data.image_path(broken, ".jpg")
+    image.write_bytes(image.read_bytes()[:-300])  # truncated since the first formation
+    layout.data.label_path(relabelled).write_text("2 0.5 0.5 0.2 0.2\n")  # edited: checked again, kept
+    new = add_annotations(layout, 5, prefix="new", seed=3)
+
+    again = form_dataset(settings, progress=False)
+
+    assert again.corrupted == 1 and layout.corrupted.label_path(broken).exists()
+    manifest = _manifest(again.path)
+    assert {entry["path"] for entry in manifest["files"]} == _dataset_files_on_disk(again.path)
+    assert {entry["annotation"] for entry in manifest["files"]} == (set(names) - {broken}) | set(new)
+    assert all(entry["split"] == splits[entry["annotation"]] for entry in manifest["files"]
+               if entry["annotation"] in splits)  # sticky
+    for entry in manifest["files"]:  # every file is the one its checksum describes, a link to data/
+        placed = again.path / entry["path"]
+        assert hashlib.sha256(placed.read_bytes()).hexdigest() == entry["sha256"]
+        assert placed.stat().st_nlink >= 2
+    assert (again.path / splits[relabelled] / "labels" / f"{relabelled}.txt").read_text() == "2 0.5 0.5 0.2 0.2\n"
+
+
+def test_early_links_in_the_wrong_split_are_moved_to_the_registry_s(settings, layout, monkeypatch):
+    """Whatever was linked before the registry's transaction (another formation may have changed it
+    meanwhile), the dataset ends up with exactly the splits the transaction gave."""
+    names = add_annotations(layout, 30)
+    form_dataset(settings, progress=False)
+    wrong = {name: "test" for name in names}  # as if the registry had said "test" for every one
+    monkeypatch.setattr(form, "_registered_splits", lambda layout, pairs, media: wrong)
+    again = form_dataset(settings, progress=False)
+    manifest = _manifest(again.path)
+    assert {entry["path"] for entry in manifest["files"]} == _dataset_files_on_disk(again.path)
+    assert again.counts == {"train": 21, "valid": 6, "test": 3}
+
+
+def test_manifest_files_are_encoded_as_json_would(settings, layout):
+    """The "files" list is written by hand for speed: it must read back as json.dumps would write it."""
+    [name] = add_annotations(layout, 1, prefix="x")
+    index = AnnotationIndex(layout.index_db)
+    index.begin()
+    index.upsert(IndexEntry(name, "data", 'vidéo "7"\\\n.mp4', 20, 1, None, None, ".jpg", 20, 1, "2026-01-01"))
+    index.commit()
+    index.close()
+    result = form_dataset(settings, progress=False)
+    text = result.manifest.read_text()
+    files = json.loads(text)["files"]
+    assert text.endswith(f'"files": {json.dumps(files, ensure_ascii=False)}}}')
+    assert {entry["source_media"] for entry in files} == {'vidéo "7"\\\n.mp4'}
