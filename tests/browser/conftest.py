@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.web.conftest import server, token_server, web_tree  # noqa: F401  (one tree, one server each)
+from tests.web.conftest import fall, predicted, server, token_server, web_tree  # noqa: F401  (one tree, one server each)
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTEFACTS = REPO / "test-artefacts" / "browser"

@@ -23,6 +23,7 @@ from azaion_training.settings import load_settings
 from tests.conftest import AZAION_BIN
 from tests.dataset.conftest import make_old
 from tests.queue.conftest import bulk, created, dump_of, jpeg
+from tests.web.errors_tree import fall, predicted  # noqa: F401  (the error pages' tree, reused by tests/browser)
 
 TOKEN = "cockpit-test-token-5b1f0c-9a7e42d18c3f6b05"  # >= 32 characters, as beyond loopback
 MODEL_KEY = "cockpit-tests-model-key"

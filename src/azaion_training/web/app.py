@@ -33,7 +33,9 @@ from azaion_training.settings import Settings
 from azaion_training.web import guard
 from azaion_training.web.auth import Credentials, check_bind, is_loopback  # noqa: F401  (the CLI's imports)
 from azaion_training.web.cache import Refreshing, tree_signature
+from azaion_training.web.colours import UNKNOWN, variant_colour
 from azaion_training.web.datasets import DatasetIndexes
+from azaion_training.web.errors import KIND_NAMES, OUTCOME_COLOURS, ErrorViews
 from azaion_training.web.params import BadRequest
 from azaion_training.web.quarantine import Quarantine
 
@@ -61,12 +63,16 @@ class Cockpit:
                                  lambda: int(time.time() // HEALTH_TTL_S), min_interval_s=HEALTH_TTL_S)
         self.datasets = DatasetIndexes(self.layout)
         self.quarantine = Quarantine(self.layout)
+        self.errors = ErrorViews(settings, self.layout)
+        self.cycle = Refreshing("cycle", self._cycle, lambda: int(time.time() // HEALTH_TTL_S),
+                                min_interval_s=HEALTH_TTL_S)  # counting new annotations lists data/labels
         self._offsets: deque[tuple[float, int]] = deque()
         self._offsets_lock = threading.Lock()
         self.css = (HERE / "static" / "cockpit.css").read_text(encoding="utf-8")  # inlined in the login page
         self.templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                                      autoescape=select_autoescape(["html"]))
-        self.templates.globals.update(writable=self.writable, colour=self.colour, class_name=self.class_name)
+        self.templates.globals.update(writable=self.writable, colour=self.colour, class_name=self.class_name,
+                                      outcome_colours=OUTCOME_COLOURS, kind_names=KIND_NAMES)
 
     # ------------------------------------------------------------------ auth
 
@@ -78,8 +84,14 @@ class Cockpit:
     # ------------------------------------------------------------------ helpers
 
     def colour(self, cls: int) -> str:
+        """classes.json's colour of the class's family, lighter for Wint, darker for Night."""
         known = self.classes.get(cls)
-        return known.color if known else "#808080"
+        return variant_colour(known.color, cls) if known else UNKNOWN
+
+    def _cycle(self) -> dict[str, Any]:
+        from azaion_training.web.error_routes import cycle_data
+
+        return cycle_data(self)
 
     def class_name(self, cls: int) -> str:
         return self.class_names.get(cls, f"Class-{cls}")
@@ -188,6 +200,7 @@ def create_app(settings: Settings, config: Path | None = None, health_options: H
     if warm:  # the first visitor should not wait for the first status, health or dataset index
         cockpit.status.warm()
         cockpit.health.warm()
+        cockpit.cycle.warm()
         latest = cockpit.datasets.names()[:1]
         if latest:
             threading.Thread(target=cockpit.datasets.get, args=(latest[0],), daemon=True).start()

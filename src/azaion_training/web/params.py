@@ -75,3 +75,44 @@ def target(value: str) -> str:
     if not TARGET.fullmatch(value):
         raise BadRequest(f"invalid target {shown(value)}: use 'azaion' (Azaion API + CDN) or 'local:DIR'")
     return value
+
+
+OUTCOME_KINDS = ("true_positive", "wrong_class", "duplicate", "localisation", "background", "missed")
+SORTS = ("", "score")
+
+
+def model_ref(value: str) -> str:
+    """`production` (production on azaion) or a run name."""
+    return name(value, "model (a run name or 'production')")
+
+
+def conf(value: str) -> float | None:
+    """An outcome confidence threshold: a decimal number in (0, 1]; "" is the default."""
+    if value == "":
+        return None
+    if not re.fullmatch(r"(0?\.[0-9]{1,6}|1(\.0{1,6})?)", value) or float(value) <= 0:
+        raise BadRequest(f"conf must be a number in (0, 1], e.g. 0.3 (got {shown(value)})")
+    return float(value)
+
+
+def kind(value: str) -> str:
+    """An outcome kind to filter images by, `errors` (any error) or "" (all)."""
+    if value not in ("", "errors", *OUTCOME_KINDS):
+        raise BadRequest(f"kind must be one of errors, {', '.join(OUTCOME_KINDS)} (got {shown(value)})")
+    return value
+
+
+def sort(value: str) -> str:
+    if value not in SORTS:
+        raise BadRequest(f"sort must be 'score' or empty (got {shown(value)})")
+    return value
+
+
+def cell_class(value: str, what: str) -> int | None:
+    """A confusion-matrix row or column: a class 0-79 or `background` (-1); "" is none."""
+    if value == "":
+        return None
+    if value == "background":
+        return -1
+    return _int(value, what, 0, MAX_CLASS)
+

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from azaion_training.labels import LabelError, parse_line
 from azaion_training.layout import SPLITS
 from azaion_training.rootfiles import read_text_inside
-from azaion_training.web import params
+from azaion_training.web import error_routes, params
 from azaion_training.web import runs as run_data
 from azaion_training.web.app import PAGE_SIZE, Cockpit, file_response, not_found
 from azaion_training.web.auth import COOKIE
@@ -39,7 +39,8 @@ def overview_data(cockpit: Cockpit) -> dict[str, Any]:
     status = cockpit.status.get()
     latest = run_data.latest_record(cockpit.layout)
     return {"status": status, "health": cockpit.health.get(), "ingest_per_min": cockpit.ingest_rate(status),
-            "latest_run": run_data.run_summary(cockpit.layout, latest) if latest else None}
+            "latest_run": run_data.run_summary(cockpit.layout, latest) if latest else None,
+            "cycle": cockpit.cycle.get()}
 
 
 def overview(request: Request) -> Response:
@@ -155,6 +156,10 @@ def dataset_page_data(cockpit: Cockpit, request: Request) -> dict[str, Any] | No
     index = cockpit.datasets.get(name)
     if index is None:
         return None
+    present = sorted({c for counts in index.summary["boxes"].values() for c in counts})
+    common = {"name": index.name, "summary": index.summary, "class": cls, "classes_present": present}
+    if request.query_params.get("model"):  # a model's predictions, judged (read from its cache)
+        return common | error_routes.browse_with_outcomes(cockpit, request, name, split, cls, page)
     selected = index.select(split, cls)
     pages = max(1, math.ceil(len(selected) / PAGE_SIZE))
     page = min(page, pages)
@@ -163,15 +168,12 @@ def dataset_page_data(cockpit: Cockpit, request: Request) -> dict[str, Any] | No
         boxes, _ = read_boxes(cockpit, index.label_path(item.split, item.image))
         images.append({"split": item.split, "image": item.image, "boxes": [b for b in boxes if "cls" in b],
                        "classes": sorted(set(item.classes))})
-    present = sorted({c for counts in index.summary["boxes"].values() for c in counts})
-    return {"name": index.name, "summary": index.summary, "split": split, "class": cls, "page": page,
-            "pages": pages, "matching": len(selected), "images": images, "classes_present": present}
+    return common | {"split": split, "page": page, "pages": pages, "matching": len(selected), "images": images,
+                     "analysis": None}
 
 
 def _page_link(data: dict[str, Any], page: int) -> str:
-    pairs = (("split", data["split"]), ("class", data["class"]), ("page", page))
-    query = {k: v for k, v in pairs if v not in ("", None)}
-    return f"/datasets/{data['name']}?{urlencode(query)}"
+    return f"/datasets/{data['name']}?{error_routes.browse_query(data, page=page)}"
 
 
 def dataset_page(request: Request) -> Response:
@@ -180,7 +182,8 @@ def dataset_page(request: Request) -> Response:
     if data is None:
         return not_found(request, "no such dataset")
     return cockpit.render(request, "dataset.html", data=data, splits=SPLITS,
-                          page_link=lambda p: _page_link(data, p))
+                          page_link=lambda p: _page_link(data, p), models=cockpit.errors.choices(),
+                          kinds=error_routes.KINDS, query=lambda **o: error_routes.browse_query(data, **o))
 
 
 def api_dataset(request: Request) -> Response:
@@ -199,7 +202,9 @@ def image_detail(cockpit: Cockpit, request: Request) -> dict[str, Any] | None:
     if index is None or index.image_path(split, image) is None:
         return None
     boxes, lines = read_boxes(cockpit, index.label_path(split, image))
-    return {"dataset": name, "split": split, "image": image, "boxes": boxes, "label_lines": lines}
+    return {"dataset": name, "split": split, "image": image, "boxes": boxes, "label_lines": lines,
+            "annotation": error_routes.annotation_of(cockpit, image),
+            "outcomes": error_routes.image_outcomes(cockpit, request, name, split, image)}
 
 
 def image_page(request: Request) -> Response:
@@ -460,3 +465,4 @@ ROUTES = [
     Route("/api/models/{run}/promote", promote_run, methods=["POST"]),
     Route("/api/models/rollback", rollback_target, methods=["POST"]),
 ]
+error_routes.attach(ROUTES)
