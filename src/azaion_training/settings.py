@@ -139,12 +139,12 @@ class ExportSettings(_Section):
     max_batch: int = env(8, "EXPORT_MAX_BATCH", ge=1, le=64)
     # a parity check where PyTorch and ONNX both score below this mAP50 proves nothing: it fails
     parity_min_map50: float = env(0.05, "EXPORT_PARITY_MIN_MAP50", ge=0, le=1)
-    # quantised and edge exports (docs/edge.md): refused when their mAP50 falls more than this
-    # below the run's FP32 ONNX, and (INT8) unless this many times faster per frame
+    # quantised and edge exports (docs/edge.md) are refused when their mAP50 falls more than this
+    # below the run's FP32 ONNX on the same split
     quant_max_map_drop: float = env(0.01, "QUANT_MAX_MAP_DROP", ge=0, le=1)
     # an INT8 export (not RKNN) must run at least this many times faster per frame than the FP32 ONNX
     quant_min_speedup: float = env(1.3, "QUANT_MIN_SPEEDUP", ge=0)
-    # images drawn from the dataset to calibrate INT8 quantisation
+    # INT8 calibration images drawn from the dataset's train split, stratified by class
     quant_calibration_images: int = env(300, "QUANT_CALIBRATION_IMAGES", ge=1)
     # the RKNN toolchain's venv (`make rknn-env`); default: .venv-rknn beside the running venv
     rknn_venv: Path | None = env(None, "EXPORT_RKNN_VENV")

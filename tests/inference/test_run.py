@@ -148,5 +148,5 @@ def test_tensorrt_without_a_gpu_is_a_clear_error(settings, onnx_models, tiny_vid
 
     with pytest.raises(InputError, match="TensorRT needs an NVIDIA GPU"):
         run_inference(settings, tiny_video, onnx_models["raw"], tmp_path, engine="tensorrt")
-    with pytest.raises(InputError, match="engine 'openvino' is not one of"):
-        run_inference(settings, tiny_video, onnx_models["raw"], tmp_path, engine="openvino")
+    with pytest.raises(InputError, match="engine 'tflite' is not one of"):  # openvino and rknn are engines now
+        run_inference(settings, tiny_video, onnx_models["raw"], tmp_path, engine="tflite")

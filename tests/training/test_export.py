@@ -132,7 +132,7 @@ def test_parity_fails_when_the_onnx_scores_far_above_the_weights(parity_root, tr
 
 @pytest.mark.parametrize("formats, message", [
     ("engine", "needs an NVIDIA GPU"),
-    ("rknn", "pip install '.[rknn]'"),
+    ("rknn", "make rknn-env"),
     ("coreml", "pip install '.[coreml]'"),
     ("onnx,tflite", "unknown export format"),
 ])
@@ -141,7 +141,8 @@ def test_unavailable_formats_are_refused_before_any_work(tmp_path, formats, mess
 
     if formats == "engine" and torch.cuda.is_available():
         message = "TensorRT export needs the tensorrt toolchain"  # a GPU machine without TensorRT
-    result = run_azaion("export", "--formats", formats, env={"AZAION_ROOT_DIR": str(tmp_path)})
+    result = run_azaion("export", "--formats", formats, env={"AZAION_ROOT_DIR": str(tmp_path),
+                                                             "EXPORT_RKNN_VENV": str(tmp_path / "no-venv")})
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not list(tmp_path.rglob("*.onnx"))

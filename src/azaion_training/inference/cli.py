@@ -13,7 +13,7 @@ commands = typer.Typer()  # cli.py merges every stage's `commands` into `azaion`
 def infer(
     source: Path = typer.Argument(..., help="A video file, an image, or a directory of images."),
     model: str = typer.Option("", "--model", "-m",
-                              help="An .onnx/.engine path, or a published model name fetched and decrypted "
+                              help="An .onnx/.engine/edge .zip path, or a published model name fetched and decrypted "
                                    "in memory. Default: <root>/models/azaion.onnx."),
     every: int = typer.Option(None, "--every", help="Process every N-th video frame (default INFERENCE_EVERY)."),
     batch: int = typer.Option(None, "--batch", help="Frames per engine call (default INFERENCE_BATCH)."),
@@ -22,7 +22,8 @@ def infer(
     out: Path = typer.Option(None, "--out", help="Output directory (default ./azaion-infer/<source name>)."),
     no_video: bool = typer.Option(False, "--no-video", help="Skip the annotated video / images."),
     engine: str = typer.Option("auto", "--engine",
-                               help="auto (TensorRT on an NVIDIA GPU, else ONNX Runtime), onnx or tensorrt."),
+                               help="auto (an edge archive on its own engine; an ONNX on TensorRT with an NVIDIA GPU, "
+                                    "else ONNX Runtime), onnx, tensorrt, openvino or rknn (docs/edge.md)."),
     target: str = typer.Option("", "--from", help="Where a model name is fetched from (e.g. local:DIR); "
                                                   "default: the API and CDN."),
     no_manifest: bool = typer.Option(False, "--no-manifest",

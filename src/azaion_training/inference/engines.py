@@ -482,7 +482,8 @@ class RknnLiteEngine:
             raise InputError("the rknn engine takes an RKNN edge archive of `azaion export --formats rknn`")
         files, metadata = archive
         self._rknn = RKNNLite(verbose=False)
-        directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        # a private (0600, unpredictable name) file in memory when /dev/shm exists
+        directory = "/dev/shm" if os.path.isdir("/dev/shm") else None  # nosec B108
         with tempfile.NamedTemporaryFile(suffix=".rknn", dir=directory) as plain:
             plain.write(files[RKNN_FILE])
             plain.flush()

@@ -128,6 +128,13 @@ def build_report(settings: Settings, inputs: ReportInputs, out_dir: Path) -> Rep
                                                    **inputs.extra})
                      + html.figure(pngs[-1].name, "Losses and validation metrics per epoch (results.csv)")))
 
+    edge = edge_exports(inputs.run_dir)
+    if edge:
+        sections.append(("Edge exports", html.paragraph(
+            "Quantised and edge variants of the run's FP32 ONNX, each judged against it on the same split "
+            "(docs/edge.md): refused beyond QUANT_MAX_MAP_DROP, or (INT8) unless QUANT_MIN_SPEEDUP faster.")
+            + html.table(edge)))
+
     evaluation = None
     if weights is not None and data_yaml is not None:
         split = "test" if DatasetDir(data_yaml.parent).images("test") else "valid"
@@ -162,11 +169,25 @@ def build_report(settings: Settings, inputs: ReportInputs, out_dir: Path) -> Rep
     summary = {"created": created, "run": str(inputs.run_dir), "status": status, "ingest": inputs.ingest,
                "evaluation": evaluation.metrics() if evaluation else None,
                "per_class": evaluation.per_class if evaluation else None, "publish": inputs.publish,
-               "no_learning": notice, "inference": inputs.inference, "extra": inputs.extra,
+               "no_learning": notice, "inference": inputs.inference, "extra": inputs.extra, "edge_exports": edge,
                "pngs": [p.name for p in pngs]}
     report_json = out_dir / "report.json"
     atomic_write_text(report_json, json.dumps(summary, indent=2, default=str))
     return ReportResult(index, report_json, pngs, evaluation)
+
+
+def edge_exports(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's quantised/edge variants as table rows, from run.json `exports` (training/quantize.py)."""
+    try:
+        exports = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("exports") or {}
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return []
+    return [{"variant": key, "split": f"{e.get('split')} ({e.get('images')} images)",
+             "FP32 mAP50": e.get("fp32_map50"), "mAP50": e.get("map50"), "drop": e.get("drop"),
+             "ms/frame (FP32)": f"{e.get('ms')} ({e.get('fp32_ms')})" if e.get("ms") else "-",
+             "speedup": e.get("speedup") or "-", "verdict": "kept" if e.get("passed") else
+             "refused: " + "; ".join(e.get("reasons") or [])}
+            for key, e in sorted(exports.items()) if isinstance(e, dict) and "fp32_map50" in e]
 
 
 def _pipeline_section(status: dict, inputs: ReportInputs) -> str:

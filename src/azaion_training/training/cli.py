@@ -74,7 +74,16 @@ def _preflight(request, min_free_gb: float | None) -> None:
 @commands.command("export")
 def export_command(
     weights: Path | None = typer.Option(None, "--weights", help="Default models/azaion.pt."),
-    formats: str = typer.Option("onnx", "--formats", help="Comma-separated: onnx, engine, rknn, coreml."),
+    formats: str = typer.Option("onnx", "--formats", help="Comma-separated: onnx, engine, coreml, and the edge "
+                                                          "formats openvino, onnx-int8, rknn (docs/edge.md)."),
+    int8: bool = typer.Option(False, "--int8", help="INT8 for openvino / rknn, calibrated on train images; kept "
+                                                    "only within QUANT_MAX_MAP_DROP of the FP32 ONNX and "
+                                                    "QUANT_MIN_SPEEDUP faster."),
+    calibration_images: int | None = typer.Option(None, "--calibration-images", min=1,
+                                                  help="INT8 calibration images from the train split, stratified "
+                                                       "by class (default QUANT_CALIBRATION_IMAGES)."),
+    split: str = typer.Option("test", "--split", help="Split the edge formats are judged on against the FP32 ONNX "
+                                                      "(the promotion gate's: test)."),
     imgsz: int | None = typer.Option(None, "--imgsz", min=32, help="Default EXPORT_ONNX_IMGSZ."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Parity check of the ONNX against PyTorch."),
     dataset: str | None = typer.Option(None, "--dataset", help="Dataset whose valid split the parity check uses "
@@ -88,22 +97,40 @@ def export_command(
     The parity check fails when the ONNX's mAP50 on the valid split is more than 0.01 lower."""
     from azaion_training.training.export import export, verify_onnx
 
-    imgsz = overridden(settings().export, onnx_imgsz=imgsz).onnx_imgsz
+    wanted = [f.strip() for f in formats.split(",") if f.strip()]
+    from azaion_training.training.export import EDGE_FORMATS
+
+    if imgsz is not None or not set(wanted) & set(EDGE_FORMATS):  # edge formats: a run's trained size by default
+        imgsz = overridden(settings().export, onnx_imgsz=imgsz).onnx_imgsz
     if check is not None:
         report = verify_onnx(settings(), check, weights, dataset, imgsz, verify_images)
         _print_export({}, report, as_json)
         return
-    wanted = [f.strip() for f in formats.split(",") if f.strip()]
-    result = export(settings(), weights, wanted, imgsz, verify, dataset, verify_images)
-    _print_export(result.files, result.parity, as_json)
+    from azaion_training.layout import SPLITS
+
+    if split not in SPLITS:
+        raise InputError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
+    result = export(settings(), weights, wanted, imgsz, verify, dataset, verify_images, int8=int8,
+                    calibration_images=calibration_images, split=split)
+    _print_export(result.files, result.parity, as_json, result.variants)
+    if result.variants:
+        from azaion_training.training.quantize import require_accepted
+
+        require_accepted(result.variants)
 
 
-def _print_export(files: dict, report, as_json: bool) -> None:
+def _print_export(files: dict, report, as_json: bool, variants: list | None = None) -> None:
     parity = None if report is None else {"images": report.images, "pytorch_map50": report.pytorch_map50,
                                           "onnx_map50": report.onnx_map50, "passed": report.passed}
     if as_json:
-        print_json({"files": {k: str(v) for k, v in files.items()}, "parity": parity})
+        print_json({"files": {k: str(v) for k, v in files.items()}, "parity": parity,
+                    "variants": [v.to_dict() for v in variants or []]})
         return
+    for variant in variants or []:
+        speed = f", {variant.ms} ms/frame vs {variant.fp32_ms} ({variant.speedup}x)" if variant.ms else ""
+        verdict = "[green]kept[/green]" if variant.passed else "[red]refused[/red]: " + "; ".join(variant.reasons)
+        console.print(f"{variant.key}: mAP50 {variant.map50:.4f} vs FP32 ONNX {variant.fp32_map50:.4f} "
+                      f"(drop {variant.drop:.4f}) on {variant.images} {variant.split} images{speed} {verdict}")
     for fmt, path in files.items():
         console.print(f"{fmt}: {path}")
     if parity:

@@ -1,6 +1,7 @@
 """`azaion export`: the current model to ONNX (dynamic batch, class names and imgsz in its
-metadata), TensorRT (one engine per GPU model), RKNN and CoreML, and the parity check that
-proves the exported ONNX predicts what the PyTorch model predicts.
+metadata), TensorRT (one engine per GPU model) and CoreML, and the parity check that
+proves the exported ONNX predicts what the PyTorch model predicts. OpenVINO, INT8 ONNX and
+RKNN are derived from a run's FP32 ONNX and judged against it (training/quantize.py).
 
 Every format is exported in a private temp dir under models/ and moved into place whole;
 an ONNX that fails the parity check never replaces `models/azaion.onnx`.
@@ -26,14 +27,15 @@ from azaion_training.training.weights import load_weights_only
 
 logger = get_logger("export")
 
-FORMATS = ("onnx", "engine", "rknn", "coreml")
+FORMATS = ("onnx", "engine", "rknn", "coreml", "openvino", "onnx-int8")
+# judged against the run's FP32 ONNX before they are kept (training/quantize.py, docs/edge.md)
+EDGE_FORMATS = ("openvino", "onnx-int8", "rknn")
 PARITY_TOLERANCE = 0.01  # absolute mAP50 by which the ONNX may differ from PyTorch, either way
 # Below this on both sides the check proves nothing (e.g. a model exported at a size it never
 # saw finds nothing either way): a failure, not a pass. EXPORT_PARITY_MIN_MAP50 sets it.
 PARITY_FLOOR = 0.05
 PARITY_CONF = 0.001  # mAP needs the low-confidence tail too (as Ultralytics' val)
 PARITY_IOU = 0.7  # NMS IoU, Ultralytics' default, for both sides
-RKNN_PLATFORM = "rk3588"  # OrangePi 5
 
 
 @dataclass
@@ -65,6 +67,7 @@ class ParityReport:
 class ExportResult:
     files: dict[str, Path] = field(default_factory=dict)
     parity: ParityReport | None = None
+    variants: list = field(default_factory=list)  # quantize.VariantReport of each edge format
 
 
 # ---------------------------------------------------------------------------------------- parity
@@ -159,8 +162,6 @@ def check_toolchains(formats: list[str]) -> None:
             raise InputError("TensorRT export needs an NVIDIA GPU and none is visible: build the engine on the "
                              "machine (GPU model) that will run it, or export only onnx")
         _require_module("tensorrt", "TensorRT export", "pip install tensorrt (matching the CUDA of torch)")
-    if "rknn" in formats:
-        _require_module("rknn.api", "RKNN export", "pip install '.[rknn]' (rknn-toolkit2, Linux x86_64/aarch64)")
     if "coreml" in formats:
         _require_module("coremltools", "CoreML export", "pip install '.[coreml]'")
 
@@ -186,8 +187,6 @@ def _export_one(weights: Path, fmt: str, imgsz: int, max_batch: int, opset: int 
                                  opset=opset))
     if fmt == "engine":
         return Path(model.export(format="engine", imgsz=imgsz, dynamic=True, batch=max_batch, half=True, device=0))
-    if fmt == "rknn":
-        return Path(model.export(format="rknn", imgsz=imgsz, name=RKNN_PLATFORM))
     return Path(model.export(format="coreml", imgsz=imgsz, batch=1))
 
 
@@ -201,11 +200,11 @@ def _target_name(layout: Layout, fmt: str, produced: Path, weights: Path, imgsz:
         from azaion_training.inference.engines import engine_filename
 
         return layout.models / engine_filename(0)
-    return layout.models / produced.name  # azaion_rknn_model/, azaion.mlpackage
+    return layout.models / produced.name  # azaion.mlpackage
 
 
 def _install(produced: Path, target: Path) -> None:
-    if produced.is_dir():  # RKNN and CoreML produce directories: swap whole
+    if produced.is_dir():  # CoreML produces a directory: swap whole
         if target.exists():
             shutil.rmtree(target)
         produced.rename(target)
@@ -252,21 +251,45 @@ def export_imgsz(settings: Settings, weights: Path, imgsz: int | None) -> int:
 
 def export(settings: Settings, weights: Path | None = None, formats: list[str] | None = None,
            imgsz: int | None = None, verify: bool = True, dataset: str | None = None,
-           verify_images: int = 200, onnx_out: Path | None = None, opset: int | None = None) -> ExportResult:
+           verify_images: int = 200, onnx_out: Path | None = None, opset: int | None = None,
+           int8: bool = False, calibration_images: int | None = None, split: str = "test") -> ExportResult:
     """Export `weights` (default: the latest finished run's best.pt) at `imgsz` (default: the size
     its run trained at). A run's ONNX goes to <run>/export/azaion-<imgsz>-<opset>.onnx, other
-    weights' beside them; `onnx_out` puts it elsewhere."""
+    weights' beside them; `onnx_out` puts it elsewhere. Edge formats (openvino, onnx-int8, rknn;
+    INT8 with `int8`) are derived from the run's FP32 ONNX and judged against it on `split`
+    (training/quantize.py); a refused one raises OperationFailed after the others are done."""
     layout = Layout(settings.paths)
     formats = formats or ["onnx"]
     check_toolchains(formats)
+    edge = [f for f in formats if f in EDGE_FORMATS]
+    if int8 and not edge:
+        raise InputError("--int8 applies to the openvino and rknn formats (onnx-int8 is INT8 already): "
+                         "add one to --formats")
+    if edge:
+        from azaion_training.training.quantize import check_edge_toolchains
+
+        check_edge_toolchains(settings, edge)
     weights = Path(weights) if weights else default_weights(layout)
     if not weights.is_file():
         raise InputError(f"weights {weights} not found: train a model first (`azaion train`) or pass --weights")
     imgsz = export_imgsz(settings, weights, imgsz)
     max_batch = settings.export.max_batch
     run = run_of_weights(layout, weights)
+    if edge and run is None:
+        raise InputError(f"{', '.join(edge)} exports are judged against the FP32 ONNX of a training run and "
+                         f"recorded in its run.json; {weights} is no run's best.pt: pass the weights of a run "
+                         "under models/ (or none, for the latest finished run)")
+    formats = [f for f in formats if f not in EDGE_FORMATS]
     images = parity_images(settings, dataset, verify_images, run) if verify and "onnx" in formats else []
     result = ExportResult()
+    if edge:
+        from azaion_training.training.quantize import export_variants
+
+        result.variants = export_variants(settings, run, edge, int8, imgsz, opset, dataset, split,
+                                          calibration_images)
+        result.files.update({r.key: Path(r.path) for r in result.variants if r.path})
+        if not formats:
+            return result
     layout.models.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".tmp-export-", dir=layout.models) as work:
         staged = Path(work) / "azaion.pt"  # exports are named after the weights: azaion.onnx, ...
