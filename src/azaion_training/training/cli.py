@@ -84,7 +84,8 @@ def export_command(
                                                        "by class (default QUANT_CALIBRATION_IMAGES)."),
     split: str = typer.Option("test", "--split", help="Split the edge formats are judged on against the FP32 ONNX "
                                                       "(the promotion gate's: test)."),
-    imgsz: int | None = typer.Option(None, "--imgsz", min=32, help="Default EXPORT_ONNX_IMGSZ."),
+    imgsz: int | None = typer.Option(None, "--imgsz", min=32, help="Default: the size the run trained at "
+                                                                 "(EXPORT_ONNX_IMGSZ for weights outside any run)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Parity check of the ONNX against PyTorch."),
     dataset: str | None = typer.Option(None, "--dataset", help="Dataset whose valid split the parity check uses "
                                                                "(default: the latest run's)."),
@@ -92,15 +93,13 @@ def export_command(
     check: Path | None = typer.Option(None, "--check", help="Only run the parity check on this existing .onnx."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Export the current model (ONNX, TensorRT, RKNN, CoreML); check the ONNX against PyTorch.
+    """Export the current model (ONNX, TensorRT, CoreML; OpenVINO, INT8, RKNN); check the ONNX against PyTorch.
 
     The parity check fails when the ONNX's mAP50 on the valid split is more than 0.01 lower."""
     from azaion_training.training.export import export, verify_onnx
 
     wanted = [f.strip() for f in formats.split(",") if f.strip()]
-    from azaion_training.training.export import EDGE_FORMATS
-
-    if imgsz is not None or not set(wanted) & set(EDGE_FORMATS):  # edge formats: a run's trained size by default
+    if imgsz is not None:  # checked like the setting; without it, the size the run trained at (export_imgsz)
         imgsz = overridden(settings().export, onnx_imgsz=imgsz).onnx_imgsz
     if check is not None:
         report = verify_onnx(settings(), check, weights, dataset, imgsz, verify_images)
