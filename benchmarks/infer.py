@@ -233,7 +233,7 @@ def edge_main(args: argparse.Namespace) -> None:
     import shutil
 
     from azaion_training.inference.engines import OnnxEngine, OpenVinoEngine
-    from azaion_training.lifecycle.evaluate import EVAL_CONF
+    from azaion_training.inference.scoring import EVAL_CONF
     from azaion_training.metrics import map50
     from azaion_training.training.quantize import letterboxed, onnx_int8, openvino_archive
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from azaion_training.classes import MODEL_SLOTS
+from azaion_training.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -169,3 +170,16 @@ def clip_box(box: Box, min_area: float = MIN_BOX_AREA) -> Box | None:
     """`box` clipped to the image (a box may reach past the border), None when too small."""
     return clip_corners(box.cls, box.cx - box.w / 2, box.cy - box.h / 2, box.cx + box.w / 2,
                         box.cy + box.h / 2, min_area)
+
+
+def ground_truth(image: Path, width: int, height: int) -> list[tuple]:
+    """The image's YOLO label as pixel boxes; a missing label file means no objects."""
+    label = label_path_for(image)
+    if not label.is_file():
+        return []
+    try:
+        boxes = read_label_file(label)
+    except LabelError as exc:
+        raise InputError(f"{label}: {exc}; fix or remove it (evaluations and parity checks read it)") from None
+    return [(b.cls, (b.cx - b.w / 2) * width, (b.cy - b.h / 2) * height,
+             (b.cx + b.w / 2) * width, (b.cy + b.h / 2) * height) for b in boxes]

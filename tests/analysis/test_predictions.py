@@ -25,8 +25,8 @@ from azaion_training.analysis.predictions import (
     split_predictions,
 )
 from azaion_training.errors import InputError, OperationFailed
+from azaion_training.inference.scoring import detect_labelled, score_onnx
 from azaion_training.layout import SPLITS, Layout
-from azaion_training.lifecycle.evaluate import detect_labelled, score_onnx
 from azaion_training.metrics import prediction_array, truth_array
 from azaion_training.settings import load_settings
 from tests.analysis.conftest import TRAINED_IMGSZ, form, write_annotations

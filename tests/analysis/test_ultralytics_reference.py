@@ -17,7 +17,7 @@ import pytest
 
 from azaion_training.analysis.outcomes import analyse_split, class_names
 from azaion_training.analysis.predictions import split_predictions
-from azaion_training.lifecycle.evaluate import EVAL_CONF
+from azaion_training.inference.scoring import EVAL_CONF
 from tests.analysis.conftest import TRAINED_IMGSZ
 
 INTERPOLATION_TOLERANCE = 0.01

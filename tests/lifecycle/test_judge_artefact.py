@@ -112,8 +112,8 @@ def judged(tmp_path_factory):
 def test_a_run_is_judged_and_shipped_at_the_size_it_trained_at(judged, tmp_path):
     """The reproduction: EXPORT_ONNX_IMGSZ is 1280 (the seed), the run trained at 320. The ONNX
     is exported at 320, the gate scores that ONNX, and the model a client fetches scores the same."""
-    from azaion_training.lifecycle.evaluate import score_onnx
-    from azaion_training.training.export import onnx_imgsz
+    from azaion_training.inference.engines import onnx_imgsz
+    from azaion_training.inference.scoring import score_onnx
 
     root, env, good, _ = judged
     target = f"local:{tmp_path / 'pub'}"

@@ -3,7 +3,8 @@ fetch-model round trip: what a device downloads is exactly the ONNX of the promo
 
 import json
 
-from azaion_training.lifecycle.evaluate import Comparison, ModelScore
+from azaion_training.inference.scoring import ModelScore
+from azaion_training.lifecycle.evaluate import Comparison
 from azaion_training.lifecycle.promote import GateRules, gate_reasons
 from tests.conftest import run_azaion
 from tests.distribution.conftest import EMAIL, PASSWORD

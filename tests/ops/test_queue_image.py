@@ -15,6 +15,7 @@ LEFT_OUT = {
     "opencv-python": ["cv2"], "opencv-python-headless": ["cv2"], "cryptography": ["cryptography"],
     "boto3": ["boto3", "botocore", "s3transfer"], "httpx": ["httpx", "httpcore"],
     "starlette": ["starlette"], "uvicorn": ["uvicorn"], "jinja2": ["jinja2"],
+    "cleanlab": ["cleanlab"], "openvino": ["openvino"], "nncf": ["nncf"],
 }
 TRANSITIVE = ["numpy", "PIL", "scipy", "matplotlib", "pandas"]
 

@@ -32,8 +32,8 @@ import numpy as np
 
 from azaion_training.analysis.predictions import ModelRef, PredictionRun, SplitPredictions, split_predictions
 from azaion_training.classes import model_class_names
+from azaion_training.inference.scoring import ENGINE
 from azaion_training.layout import Layout
-from azaion_training.lifecycle.evaluate import ENGINE
 from azaion_training.metrics import IOU_THRESHOLDS, Evaluation, evaluate_arrays, pair_iou, row_starts, same_image_pairs
 from azaion_training.settings import Settings
 

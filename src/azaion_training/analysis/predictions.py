@@ -33,10 +33,11 @@ from azaion_training.dataset.form import resolve_dataset
 from azaion_training.dataset.manifest import read_manifest
 from azaion_training.errors import InputError, OperationFailed
 from azaion_training.fsutil import file_sha256
-from azaion_training.inference.engines import OnnxEngine
+from azaion_training.inference.engines import OnnxEngine, onnx_imgsz
 from azaion_training.inference.pipeline import Detector, ordered_map
+from azaion_training.inference.scoring import ENGINE, EVAL_CONF
+from azaion_training.labels import ground_truth
 from azaion_training.layout import SPLITS, DatasetDir, Layout
-from azaion_training.lifecycle.evaluate import ENGINE, EVAL_CONF
 from azaion_training.lifecycle.promote import production_onnx
 from azaion_training.lifecycle.registry import production_stack, read_history, target_key
 from azaion_training.locks import InstanceLock
@@ -44,7 +45,7 @@ from azaion_training.logs import get_logger, log
 from azaion_training.metrics import prediction_array, truth_array
 from azaion_training.progress import Progress
 from azaion_training.settings import Settings
-from azaion_training.training.export import ground_truth, onnx_imgsz, run_onnx
+from azaion_training.training.export import run_onnx
 from azaion_training.training.runs import RunRecord, find_run, latest_run
 
 logger = get_logger("analysis.predictions")

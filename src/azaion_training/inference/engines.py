@@ -508,3 +508,19 @@ class RknnLiteEngine:
             outputs = self._rknn.inference(inputs=[pixels], data_format="nchw")
             rows.append(np.concatenate([np.asarray(o, np.float32).reshape(1, o.shape[1], -1) for o in outputs], 1))
         return [np.concatenate(rows)]
+
+
+def onnx_imgsz(path: Path) -> int | None:
+    """The square input size an ONNX was exported at (its `imgsz` metadata)."""
+    import onnx
+
+    metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    try:
+        value = ast.literal_eval(metadata.get("imgsz", "None"))
+    except (ValueError, SyntaxError):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, list | tuple) and value and isinstance(value[0], int):
+        return int(value[0])
+    return None

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from azaion_training.errors import ConfigError, InputError, OperationFailed
+from azaion_training.inference.scoring import evaluation_dir, sample_map50
 from azaion_training.layout import Layout
-from azaion_training.lifecycle.evaluate import Comparison, class_drops, compare, sample_map50
+from azaion_training.lifecycle.evaluate import Comparison, class_drops, compare
 from azaion_training.lifecycle.registry import (
     FOLDER,
     PROMOTE,
@@ -224,8 +225,6 @@ def _post_publish_check(settings: Settings, target: str, onnx: Path, sha256: str
 
 def promote(settings: Settings, run: str, target: str = "azaion", min_delta: float | None = None,
             force: bool = False, imgsz: int | None = None, operator: str | None = None) -> Decision:
-    from azaion_training.lifecycle.evaluate import evaluation_dir
-
     layout = Layout(settings.paths)
     key = target_key(target, settings)
     rules = GateRules.from_settings(settings, min_delta)

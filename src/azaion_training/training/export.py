@@ -17,7 +17,7 @@ import numpy as np
 
 from azaion_training.errors import InputError, OperationFailed
 from azaion_training.fsutil import durable_move
-from azaion_training.labels import LabelError, label_path_for, read_label_file
+from azaion_training.labels import ground_truth
 from azaion_training.layout import DatasetDir, Layout
 from azaion_training.logs import get_logger, log
 from azaion_training.metrics import map50
@@ -71,19 +71,6 @@ class ExportResult:
 
 
 # ---------------------------------------------------------------------------------------- parity
-
-
-def ground_truth(image: Path, width: int, height: int) -> list[tuple]:
-    """The image's YOLO label as pixel boxes; a missing label file means no objects."""
-    label = label_path_for(image)
-    if not label.is_file():
-        return []
-    try:
-        boxes = read_label_file(label)
-    except LabelError as exc:
-        raise InputError(f"{label}: {exc}; fix or remove it (the parity check reads the valid split)") from None
-    return [(b.cls, (b.cx - b.w / 2) * width, (b.cy - b.h / 2) * height,
-             (b.cx + b.w / 2) * width, (b.cy + b.h / 2) * height) for b in boxes]
 
 
 def _pytorch_predictions(weights: Path, images: list[Path], imgsz: int) -> list[list[tuple]]:
@@ -361,21 +348,3 @@ def verify_onnx(settings: Settings, onnx: Path, weights: Path | None = None, dat
                           settings.export.max_batch, settings.export.parity_min_map50)
     require_parity(report)
     return report
-
-
-def onnx_imgsz(path: Path) -> int | None:
-    """The square input size an ONNX was exported at (its `imgsz` metadata)."""
-    import ast
-
-    import onnx
-
-    metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    try:
-        value = ast.literal_eval(metadata.get("imgsz", "None"))
-    except (ValueError, SyntaxError):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, list | tuple) and value and isinstance(value[0], int):
-        return int(value[0])
-    return None

@@ -356,7 +356,7 @@ def rknn_convert(settings: Settings, onnx_path: Path, imgsz: int, calibration: l
 
 def _timed_side_by_side(detectors: dict[str, Any], frames: list[np.ndarray]) -> dict[str, float]:
     """ms per frame of each detector on the same frames, alternating rounds, best round each."""
-    from azaion_training.lifecycle.evaluate import ms_per_frame
+    from azaion_training.inference.scoring import ms_per_frame
 
     best: dict[str, float] = {}
     for _ in range(TIMED_ROUNDS):
@@ -389,7 +389,7 @@ def export_variants(settings: Settings, record: RunRecord, formats: list[str], i
     kept under <run>/export/, every one is recorded in run.json. Raises OperationFailed (exit 1)
     naming each refused variant after all were tried."""
     from azaion_training.inference.engines import OnnxEngine
-    from azaion_training.lifecycle.evaluate import (
+    from azaion_training.inference.scoring import (
         detect_labelled,
         detect_labelled_with,
         engine_detector,

@@ -104,9 +104,9 @@ class ErrorViews:
     def production(self, target: str = DEFAULT_TARGET) -> ModelRef | None:
         """The ONNX production published on `target`, or None (nothing promoted, or its run or
         ONNX is not on this machine)."""
+        from azaion_training.inference.engines import onnx_imgsz
         from azaion_training.lifecycle.promote import production_onnx
         from azaion_training.lifecycle.registry import production_stack, read_history, target_key
-        from azaion_training.training.export import onnx_imgsz
 
         try:
             key = target_key(target, self.settings)
