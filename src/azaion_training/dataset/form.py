@@ -19,9 +19,10 @@ import multiprocessing
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from itertools import islice
 from json.encoder import encode_basestring
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -274,14 +275,15 @@ def _place_early(plan: Sequence[tuple[str, str]], missing: dict[str, str]) -> Co
     return used
 
 
-def _link_in_child(early: Callable[[], list[tuple[str, str]]], link: str, connection: Connection) -> None:
-    """The linking process: links `early()`, then receives (targets to unlink, (source, target)
-    to place), applies them, and sends a count per chunk placed, then the Counter of methods, or
-    the error."""
+def _link_in_child(early: Callable[[], Iterator[tuple[str, str]]], link: str, connection: Connection) -> None:
+    """The linking process: links what `early()` yields, then receives (targets to unlink,
+    (source, target) to place), applies them, and sends a count per chunk placed, then the
+    Counter of methods, or the error."""
     try:
         methods: Counter = Counter()
         missing: dict[str, str] = {}
-        for chunk in in_chunks(early(), LINK_CHUNK):
+        planned = early()  # a generator: the first link does not wait for the whole plan
+        while chunk := list(islice(planned, LINK_CHUNK)):
             methods.update(_place_early(chunk, missing))
             connection.send(len(chunk))
         unlink, place = connection.recv()
@@ -313,8 +315,8 @@ class _Linker:
         self.planned = 2 * len(early)  # files the process links or unlinks (progress)
         context = multiprocessing.get_context("fork")
         self._connection, child_end = context.Pipe()
-        plan = lambda: [target for pair in pairs if (split := early.get(pair.name))  # noqa: E731 # run in the child
-                        for target in _pair_targets(root, pair, split)]
+        plan = lambda: (target for pair in pairs if (split := early.get(pair.name))  # noqa: E731 # run in the child
+                        for target in _pair_targets(root, pair, split))
         self._child = context.Process(target=_link_in_child, args=(plan, link, child_end), name="azaion-link",
                                       daemon=True)
         self._child.start()
