@@ -6,7 +6,7 @@ own venv), each derived from the run's parity-checked FP32 ONNX and judged befor
   first, round robin, images without objects as one more stratum), letterboxed exactly as the
   inference pipeline letterboxes;
 - the variant and the FP32 ONNX go through the gate's artefact-level evaluation
-  (lifecycle/evaluate.py: the same Detector, letterbox, overlap cleanup and metrics.py) on the
+  (inference/scoring.py: the same Detector, letterbox, overlap cleanup and metrics.py) on the
   same split; refused when the variant's mAP50 is more than QUANT_MAX_MAP_DROP below the FP32
   ONNX's, or when the FP32 ONNX itself scores below EXPORT_PARITY_MIN_MAP50 (nothing to compare);
 - an INT8 variant must also be QUANT_MIN_SPEEDUP times faster per frame than the FP32 ONNX
