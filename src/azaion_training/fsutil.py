@@ -135,15 +135,21 @@ def _syncfs(path: Path) -> bool:
     return True
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 4 MiB chunks."""
+def file_size_sha256(path: Path) -> tuple[int, str]:
+    """(size, SHA-256) of a file, read in 4 MiB chunks."""
     import hashlib
 
-    digest = hashlib.sha256()
+    digest, size = hashlib.sha256(), 0
     with Path(path).open("rb") as handle:
         while chunk := handle.read(4 << 20):
             digest.update(chunk)
-    return digest.hexdigest()
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file."""
+    return file_size_sha256(path)[1]
 
 
 def read_jsonl(path: Path, what: str) -> list[dict]:

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from azaion_training.errors import AzaionError, ConfigError, InputError, OperationFailed
-from azaion_training.fsutil import TEMP_PREFIX, atomic_writer, fsync_dir, make_durable
+from azaion_training.fsutil import TEMP_PREFIX, atomic_writer, file_size_sha256, fsync_dir, make_durable
 from azaion_training.layout import Layout, is_safe_name
 from azaion_training.locks import InstanceLock
 from azaion_training.logs import get_logger, log
@@ -381,15 +381,6 @@ def _copy(source: Path, target: Path, whole_lines: bool = False) -> tuple[int, s
     return size, digest.hexdigest()
 
 
-def _hash(path: Path) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
-
-
 def _sqlite_uri(path: Path, mode: str) -> str:
     return f"{path.absolute().as_uri()}?mode={mode}"
 
@@ -435,7 +426,7 @@ def _backup_sqlite(source: Path, target: Path) -> tuple[int, str]:
     if problem:
         raise OperationFailed(f"{source} is damaged ({problem}): the backup stopped; restore it from an earlier "
                               "snapshot (`azaion backup list`, docs/backup.md)")
-    return _hash(target)
+    return file_size_sha256(target)
 
 
 # ---------------------------------------------------------------- create
@@ -810,7 +801,7 @@ def verify_directory(directory: Path) -> tuple[dict[str, Any], VerifyResult]:
             if copy.is_symlink() or not copy.is_file():
                 damaged.append(f"{path}: missing from the snapshot")
                 continue
-            size, digest = _hash(copy)
+            size, digest = file_size_sha256(copy)
             if size != entry["size"]:
                 damaged.append(f"{path}: {size} bytes, {entry['size']} recorded")
             elif digest != entry["sha256"]:
@@ -926,7 +917,7 @@ def _live_state(layout: Layout, meta: dict[str, Any]) -> list[str]:
             problems.append(f"{target} (live state the snapshot does not hold)")
         elif path == "classes.json":
             continue  # `azaion init` writes the default one: the snapshot's replaces it
-        elif _hash(target) != (entry["size"], entry["sha256"]):
+        elif file_size_sha256(target) != (entry["size"], entry["sha256"]):
             problems.append(f"{target} (differs from the snapshot's)")
     if meta.get("with_data"):
         areas = dict(_area_roots(layout))
@@ -1006,7 +997,7 @@ def _restore_files(layout: Layout, directory: Path, meta: dict[str, Any], stream
     with Progress("restore: files", len(entries)) as progress:
         for entry in entries:
             target = root_path(layout, entry["path"])
-            if target.is_file() and _hash(target) == (entry["size"], entry["sha256"]):
+            if target.is_file() and file_size_sha256(target) == (entry["size"], entry["sha256"]):
                 unchanged += 1
             else:
                 if entry["path"] in late and written:

@@ -47,7 +47,7 @@ from typing import Any, BinaryIO
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 from azaion_training.errors import ConfigError, InputError, OperationFailed
-from azaion_training.fsutil import TEMP_PREFIX, atomic_write_text, fsync_dir
+from azaion_training.fsutil import TEMP_PREFIX, atomic_write_text, file_size_sha256, fsync_dir
 from azaion_training.layout import Layout, checked_name
 from azaion_training.locks import InstanceLock
 from azaion_training.logs import get_logger, log, register_secret
@@ -154,15 +154,6 @@ def _copy_hashing(source: BinaryIO, target: BinaryIO) -> tuple[int, str]:
         target.write(chunk)
         digest.update(chunk)
         size += len(chunk)
-    return size, digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
     return size, digest.hexdigest()
 
 
@@ -478,7 +469,7 @@ def pull(settings: Settings, name: str, sha256: str | None = None, trust_on_firs
 def _already_present(layout: Layout, name: str, target: Path, expected: KnownHash | None,
                      recorded: KnownHash | None, trust_on_first_use: bool) -> PullResult:
     """NAME is already in models/base/: checked against the known hash (nothing is downloaded)."""
-    size, got = _file_sha256(target)
+    size, got = file_size_sha256(target)
     if expected is not None and not expected.matches(got, size):
         raise OperationFailed(f"{target}: already present, but its sha256 {got} ({size} bytes) differs from "
                               f"{expected.describe()}: delete it and pull it again")
