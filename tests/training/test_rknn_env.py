@@ -6,6 +6,7 @@ from PyPI brings its CUDA libraries) and 4-5 minutes to build, so `make test` do
 """
 
 import json
+import os
 import subprocess  # nosec B404
 import zipfile
 from pathlib import Path
@@ -17,7 +18,7 @@ from azaion_training.training.quantize import rknn_python
 from tests.conftest import run_azaion
 from tests.inference.edge_data import TRAINED_IMGSZ, make_edge_root
 
-RKNN_PYTHON = rknn_python(load_settings(env={}))
+RKNN_PYTHON = rknn_python(load_settings(env={k: v for k, v in os.environ.items() if k == "EXPORT_RKNN_VENV"}))
 pytestmark = pytest.mark.skipif(not RKNN_PYTHON.is_file(),
                                 reason=f"no RKNN toolchain venv at {RKNN_PYTHON.parent.parent}: `make rknn-env` "
                                        "builds it (5.6 GB, 4-5 min; not part of `make test`)")
