@@ -31,7 +31,7 @@ AZAION_BIN = Path(sys.executable).parent / "azaion"
 SLOW_FIXTURES = {
     "rabbit",  # a RabbitMQ node with streams
     "tiny_model", "tiny_onnx", "trained", "two_runs", "onnx_models",  # real trainings and exports
-    "judged", "parity_root", "fall",  # a real pretrained detector exported and evaluated
+    "judged", "parity_root", "fall", "edge",  # a real pretrained detector exported, quantised, evaluated
     "browser", "page", "logged_in",  # Chromium
     "demo_run",  # the whole demo
 }

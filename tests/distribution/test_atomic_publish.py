@@ -30,6 +30,8 @@ from azaion_training.settings import load_settings
 from tests.conftest import run_azaion
 from tests.distribution.conftest import MODEL_SECRET
 
+pytestmark = pytest.mark.slow  # kills real publisher processes at every step
+
 NAME = "azaion.onnx"
 # every step of publish_model, in order; the manifest is switched by the step named "switched"
 STEPS = ("read-current", "encrypted", "big-uploaded", "small-uploaded", "switched", "local-copy", "plain-big",

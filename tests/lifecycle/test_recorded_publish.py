@@ -39,6 +39,8 @@ from tests.conftest import run_azaion
 from tests.distribution.conftest import EMAIL, MODEL_SECRET, PASSWORD
 from tests.lifecycle.conftest import json_of
 
+pytestmark = pytest.mark.slow  # kills real publisher processes and recovers
+
 NAME = "azaion.onnx"
 PUBLISHER = ("import sys; from pathlib import Path; from azaion_training.settings import load_settings; "
              "from azaion_training.layout import Layout; "
