@@ -18,6 +18,7 @@ through the target as a client would and re-run on sample images: a mismatch rol
 alerts.
 """
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from azaion_training.errors import ConfigError, InputError, OperationFailed
+from azaion_training.fsutil import file_sha256
 from azaion_training.inference.scoring import evaluation_dir, sample_map50
 from azaion_training.layout import Layout
 from azaion_training.lifecycle.evaluate import Comparison, class_drops, compare
@@ -209,8 +211,6 @@ def _post_publish_check(settings: Settings, target: str, onnx: Path, sha256: str
         data, _ = fetch_model_bytes(settings, RUN_ONNX, target=target, folder=FOLDER)
     except (InputError, OperationFailed) as exc:
         return f"fetching the published model back failed: {exc}"
-    import hashlib
-
     fetched = hashlib.sha256(data).hexdigest()
     if fetched != sha256:
         return f"the fetched model's sha256 {fetched} is not the judged ONNX's {sha256}"
@@ -277,8 +277,6 @@ def _undo(settings: Settings, layout: Layout, target: str, key: str, run: str, p
     from azaion_training.ops.alerts import alert_body, post_alert
 
     if previous is not None and previous_onnx is not None:
-        from azaion_training.fsutil import file_sha256
-
         event = {"action": ROLLBACK, "run": previous, "target": key, "from": run,
                  "onnx_sha256": file_sha256(previous_onnx), "reason": f"post-publish check failed: {problem}"}
         if operator:
@@ -306,8 +304,6 @@ def rollback(settings: Settings, target: str = "azaion", operator: str | None = 
         require_publishable(settings, target)
         current, previous = stack[-1], stack[-2]
         record, onnx = production_onnx(layout, key, previous, events)
-        from azaion_training.fsutil import file_sha256
-
         event = {"action": ROLLBACK, "run": previous, "target": key, "from": current,
                  "onnx_sha256": file_sha256(onnx)}
         if operator:
